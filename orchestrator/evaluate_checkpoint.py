@@ -1,0 +1,52 @@
+"""``simclr eval CHECKPOINT``: kNN and linear probe of a saved backbone, logged to the run it came from."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from orchestrator import tracking
+from orchestrator.config_io import parse_assignment
+from orchestrator.data import prepare
+from orchestrator.errors import UserError
+from orchestrator.evaluation import LabelledImages, evaluate
+from orchestrator.train import RayOptions, ray_session
+from orchestrator.train_loop import STATE_FILE, build_model, load_state_file
+from workloads.config import Config
+
+
+def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None,
+                        ray_opts: RayOptions) -> dict[str, Any]:
+    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise UserError(f"checkpoint: no {STATE_FILE} in {path!r}; pass a checkpoint folder of a simclr run "
+                        f"(e.g. simclr_runs/NAME/checkpoint_epoch_00025)")
+    payload = load_state_file(path)
+    cfg = Config.from_dict(payload["config"]).replace(dict(parse_assignment(s) for s in sets))
+    uri = tracking.resolve_uri(tracking_uri or cfg.tracking.uri)
+    client = tracking.client_for(uri)
+    tracking.experiment_id(client, cfg.tracking.experiment, uri)  # fails fast when the store is unreachable
+    run_id: str = payload["run_id"]
+    with ray_session(ray_opts):
+        data = prepare(cfg.data, cfg.train.seed)
+        if not data.num_classes or data.eval_bank is None or data.eval_test is None:
+            raise UserError(f"data.source {cfg.data.source!r} has no labelled held-out split to evaluate on; "
+                            f"pick a labelled dataset with --set data.source=... (and data.holdout_fraction > 0)")
+        bank = LabelledImages.from_dataset(data.eval_bank)
+        test = LabelledImages.from_dataset(data.eval_test)
+    model = build_model(cfg)
+    model.load_state_dict(payload["model"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, "eval_embedding.png")
+        metrics = evaluate(model, bank, test, data.num_classes, cfg.eval, device, linear=True, embedding_png=png)
+        client.log_artifact(run_id, png, "plots")
+    epoch = int(payload["epoch"])
+    for key, value in metrics.items():
+        client.log_metric(run_id, f"eval_{key}", value, step=epoch)
+    return {"run_id": run_id, "epoch": epoch, "dataset": cfg.data.source,
+            "metrics": {f"eval_{k}": v for k, v in metrics.items()}}

@@ -1,0 +1,308 @@
+"""Dataset sources: readers for each on-disk format, with no Ray in them.
+
+Each in-memory source returns uint8 images (N, H, W, 3) and int64 labels (-1 where unknown).
+File sources (ImageFolder trees, image files, Parquet) return a listing that Ray Data reads and
+decodes in parallel (see ``orchestrator.data``). The torchvision-format readers parse the files
+themselves rather than through ``torchvision.datasets`` classes, whose integrity checks (md5 of the
+official archives) reject anything but the official bytes; torchvision is still what downloads them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image
+
+from orchestrator.errors import BadImageError, UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+TORCHVISION_SOURCES = ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist")
+
+
+@dataclass
+class ArraySplit:
+    """Decoded images in memory: (N, H, W, 3) uint8 and (N,) int64 labels, -1 where unknown."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ArraySource:
+    """An in-memory dataset: a pretraining split and, when the format has one, its own test split."""
+
+    train: ArraySplit
+    test: ArraySplit | None
+    num_classes: int
+
+
+# --- scikit-learn digits and synthetic -------------------------------------------------------------
+
+
+def load_digits() -> ArraySource:
+    """scikit-learn's 1,797 8x8 digits (pixel values 0..16), grayscale repeated to 3 channels."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    gray = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # N x 8 x 8
+    images = np.repeat(gray[..., None], 3, axis=-1)  # N x 8 x 8 x 3
+    return ArraySource(ArraySplit(images, bunch.target.astype(np.int64)), None, num_classes=10)
+
+
+def synthetic(num_samples: int, num_classes: int, size: int, seed: int) -> ArraySource:
+    """Images with class structure a contrastive model can learn: a class-specific grating
+    (orientation and frequency) under a random colour, phase, brightness and noise per image."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=num_samples)
+    angle = np.pi * labels / num_classes  # N
+    freq = 1.0 + (labels % 3)  # N
+    ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    proj = (np.cos(angle)[:, None, None] * xs + np.sin(angle)[:, None, None] * ys) / size  # N x H x W
+    phase = rng.uniform(0, 2 * np.pi, size=(num_samples, 1, 1))
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi * freq[:, None, None] * proj + phase)  # N x H x W in [0,1]
+    colour = rng.uniform(0.3, 1.0, size=(num_samples, 1, 1, 3))
+    img = wave[..., None] * colour + rng.normal(0, 0.05, size=(num_samples, size, size, 3))
+    images = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    return ArraySource(ArraySplit(images, labels.astype(np.int64)), None, num_classes=num_classes)
+
+
+# --- torchvision formats ----------------------------------------------------------------------------
+
+
+def load_torchvision(source: str, root: str, split: str, download: bool) -> ArraySource:
+    """CIFAR-10/100, STL-10, MNIST, Fashion-MNIST read from ``root`` in torchvision's layout."""
+    if download:
+        _download(source, root)
+    readers = {
+        "cifar10": _read_cifar10,
+        "cifar100": _read_cifar100,
+        "stl10": _read_stl10,
+        "mnist": lambda r, s: _read_mnist(r, s, "MNIST"),
+        "fashion_mnist": lambda r, s: _read_mnist(r, s, "FashionMNIST"),
+    }
+    train, test, num_classes = readers[source](root, split)
+    return ArraySource(train, test, num_classes)
+
+
+def _download(source: str, root: str) -> None:
+    """Fetch the official archives through torchvision (which verifies their checksums)."""
+    import torchvision.datasets as tvd
+
+    try:
+        if source == "stl10":
+            for split in ("train", "test", "unlabeled"):
+                tvd.STL10(root, split=split, download=True)
+            return
+        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
+               "fashion_mnist": tvd.FashionMNIST}[source]
+        for train in (True, False):
+            cls(root, train=train, download=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise UserError(f"data.download: could not download {source} into {root}: {err}") from err
+
+
+def _missing(source: str, path: str, root: str) -> UserError:
+    return UserError(
+        f"data.root: no {source} files at {path}; point data.root at the folder that holds them "
+        f"(now {root!r}) or set data.download=true to fetch them"
+    )
+
+
+def _unpickle(path: str) -> dict[bytes, object]:
+    with open(path, "rb") as f:
+        out: dict[bytes, object] = pickle.load(f, encoding="bytes")
+    return out
+
+
+def _cifar_split(paths: list[str], label_key: bytes) -> ArraySplit:
+    images, labels = [], []
+    for path in paths:
+        batch = _unpickle(path)
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        images.append(data.transpose(0, 2, 3, 1))  # N x 32 x 32 x 3
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return ArraySplit(np.concatenate(images), np.concatenate(labels))
+
+
+def _read_cifar10(root: str, split: str) -> tuple[ArraySplit, ArraySplit, int]:
+    base = os.path.join(root, "cifar-10-batches-py")
+    train = [os.path.join(base, f"data_batch_{i}") for i in range(1, 6)]
+    test = [os.path.join(base, "test_batch")]
+    if not all(os.path.isfile(p) for p in train + test):
+        raise _missing("CIFAR-10", base + " (data_batch_1..5, test_batch)", root)
+    return _cifar_split(train, b"labels"), _cifar_split(test, b"labels"), 10
+
+
+def _read_cifar100(root: str, split: str) -> tuple[ArraySplit, ArraySplit, int]:
+    base = os.path.join(root, "cifar-100-python")
+    train, test = os.path.join(base, "train"), os.path.join(base, "test")
+    if not (os.path.isfile(train) and os.path.isfile(test)):
+        raise _missing("CIFAR-100", base + " (train, test)", root)
+    return _cifar_split([train], b"fine_labels"), _cifar_split([test], b"fine_labels"), 100
+
+
+def _read_stl10(root: str, split: str) -> tuple[ArraySplit, ArraySplit, int]:
+    base = os.path.join(root, "stl10_binary")
+
+    def images(name: str) -> np.ndarray:
+        path = os.path.join(base, f"{name}_X.bin")
+        if not os.path.isfile(path):
+            raise _missing("STL-10", path, root)
+        raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3, 96, 96)
+        return raw.transpose(0, 3, 2, 1)  # column-major on disk -> N x 96 x 96 x 3
+
+    def labels(name: str) -> np.ndarray:
+        path = os.path.join(base, f"{name}_y.bin")
+        if not os.path.isfile(path):
+            raise _missing("STL-10", path, root)
+        return np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # 1..10 on disk
+
+    if split not in ("train", "unlabeled", "train+unlabeled"):
+        raise UserError(f"data.split must be train, unlabeled or train+unlabeled for stl10; got {split!r}")
+    labelled = ArraySplit(images("train"), labels("train"))
+    if split == "train":
+        train = labelled
+    else:
+        unl = images("unlabeled")
+        unl_split = ArraySplit(unl, np.full(len(unl), -1, dtype=np.int64))
+        train = unl_split if split == "unlabeled" else ArraySplit(
+            np.concatenate([labelled.images, unl]), np.concatenate([labelled.labels, unl_split.labels]))
+    return train, ArraySplit(images("test"), labels("test")), 10
+
+
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"data.root: {path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _read_mnist(root: str, split: str, folder: str) -> tuple[ArraySplit, ArraySplit, int]:
+    base = os.path.join(root, folder, "raw")
+
+    def find(stem: str) -> str:
+        for path in (os.path.join(base, stem), os.path.join(base, stem + ".gz")):
+            if os.path.isfile(path):
+                return path
+        raise _missing(folder, os.path.join(base, stem), root)
+
+    def load(prefix: str) -> ArraySplit:
+        gray = _read_idx(find(f"{prefix}-images-idx3-ubyte"))  # N x 28 x 28
+        labels = _read_idx(find(f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        return ArraySplit(np.repeat(gray[..., None], 3, axis=-1), labels)
+
+    return load("train"), load("t10k"), 10
+
+
+# --- files: ImageFolder trees, image files, Parquet --------------------------------------------------
+
+
+@dataclass
+class FileListing:
+    """Image files to read with Ray Data, with labels from ImageFolder class folders (or -1)."""
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    filesystem: pafs.FileSystem
+
+
+def _resolve(uri: str, field: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"{field}: cannot open {uri!r}: {err}") from err
+    return fs, path
+
+
+def list_image_folder(root: str) -> FileListing:
+    """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
+    fs, base = _resolve(root, "data.root")
+    info = fs.get_file_info(base)
+    if info.type != pafs.FileType.Directory:
+        raise UserError(f"data.root: {root!r} is not a folder of class folders (root/<class>/<image>)")
+    entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    classes = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(base))
+                     if e.type == pafs.FileType.Directory)
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for e in sorted(entries, key=lambda e: e.path):
+        if e.type != pafs.FileType.File or not e.path.lower().endswith(IMG_EXTENSIONS):
+            continue
+        rel = os.path.relpath(e.path, base).split(os.sep)
+        if len(rel) < 2:
+            continue  # a file directly under root belongs to no class
+        paths.append(e.path)
+        labels.append(index[rel[0]])
+    if not paths:
+        raise UserError(f"data.root: no images ({', '.join(IMG_EXTENSIONS)}) under class folders in {root!r}")
+    return FileListing(paths, labels, classes, fs)
+
+
+def list_image_files(uri: str) -> FileListing:
+    """Image files by URI: one file, or every image file under a folder (recursively)."""
+    fs, base = _resolve(uri, "data.uri")
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        paths = [base]
+    elif info.type == pafs.FileType.Directory:
+        paths = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                       if e.type == pafs.FileType.File and e.path.lower().endswith(IMG_EXTENSIONS))
+    else:
+        raise UserError(f"data.uri: {uri!r} does not exist")
+    if not paths:
+        raise UserError(f"data.uri: no image files ({', '.join(IMG_EXTENSIONS)}) in {uri!r}")
+    return FileListing(paths, [-1] * len(paths), [], fs)
+
+
+def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Check that a Parquet URI exists before Ray Data reads it."""
+    fs, path = _resolve(uri, "data.uri")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise UserError(f"data.uri: {uri!r} does not exist")
+    return fs, path
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode encoded image bytes to RGB, resize the shorter side to ``size`` and centre-crop to a
+    square: (size, size, 3) uint8. Raises on anything PIL cannot read."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # truncated files fail here, not later
+        rgb = img.convert("RGB")
+    w, h = rgb.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_or_none(data: bytes | None, size: int, name: str, policy: str) -> np.ndarray | None:
+    """``decode_image`` under the bad-image policy: None to skip, or BadImageError naming the file."""
+    try:
+        if not data:
+            raise ValueError("empty file")
+        return decode_image(data, size)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        if policy == "skip":
+            return None
+        raise BadImageError(
+            f"unreadable image {name}: {err}; remove it, or set data.bad_images=skip to skip and count such files"
+        ) from err

@@ -1,0 +1,123 @@
+"""MLflow: where runs go, how they start, resume and end, and idempotent per-epoch logging.
+
+The driver creates (or, on resume, reopens) the run and always ends it: FINISHED, FAILED with the
+error as a tag, or KILLED on Ctrl-C, so no run is left RUNNING. Rank 0 of the train workers logs
+metrics into that run by id. Metrics reach MLflow only for epochs that are checkpointed; a resumed run
+re-sends whatever the checkpoint holds beyond the last epoch MLflow has, so no epoch is logged twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import UserError
+
+RUN_NAME_TAG = "simclr.run_name"
+EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
+MAX_PARAM_LEN = 6000
+
+
+def resolve_uri(uri: str = "") -> str:
+    """``--tracking-uri`` / config, then ``MLFLOW_TRACKING_URI``, then ``./mlflow.db`` (sqlite)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return "sqlite:///" + os.path.abspath("mlflow.db")
+    if "://" not in uri:  # a bare path: a sqlite file
+        return "sqlite:///" + os.path.abspath(uri)
+    return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside the database, whatever the working directory."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db_path = uri[len("sqlite:///"):]
+        return "file://" + os.path.join(os.path.dirname(os.path.abspath(db_path)), "mlartifacts")
+    return None
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, created (with its artifact location set) when missing."""
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+    except Exception as err:  # MlflowException, connection errors, sqlite errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"tracking.uri: cannot reach the MLflow store at {uri}: {first[:300]}") from err
+
+
+def find_run(client: MlflowClient, exp_id: str, run_name: str, parent_id: str = "") -> Any | None:
+    """The newest run with this name (our tag), or None."""
+    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    if parent_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_id}'"
+    runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def start_run(client: MlflowClient, exp_id: str, run_name: str, params: Mapping[str, Any],
+              tags: Mapping[str, str]) -> str:
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    run_id: str = run.info.run_id
+    log_params(client, run_id, params)
+    return run_id
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, error: str = "") -> None:
+    """FINISHED / FAILED / KILLED; a failure's reason goes in the ``error`` tag (one line)."""
+    if error:
+        client.set_tag(run_id, "error", error.strip().splitlines()[-1][:5000] if error.strip() else error)
+    client.set_terminated(run_id, status=status)
+
+
+def logged_max_step(client: MlflowClient, run_id: str, key: str) -> int:
+    history = client.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=-1)
+
+
+def log_history(client: MlflowClient, run_id: str, history: Iterable[Mapping[str, float]],
+                step_key: str = EPOCH_KEY) -> int:
+    """Log each record (a dict with ``step_key``) whose step MLflow does not have yet; idempotent.
+
+    Returns how many records were sent.
+    """
+    done = logged_max_step(client, run_id, step_key)
+    now = int(time.time() * 1000)
+    metrics: list[Metric] = []
+    sent = 0
+    for record in history:
+        step = int(record[step_key])
+        if step <= done:
+            continue
+        sent += 1
+        metrics.extend(Metric(k, float(v), now, step) for k, v in record.items())
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500], synchronous=True)
+    return sent
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)

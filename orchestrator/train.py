@@ -1,0 +1,277 @@
+"""The driver of ``simclr train``: Ray session, data, MLflow run, TorchTrainer, final artifacts.
+
+One try/finally owns the MLflow run: whatever happens after it opens, it ends FINISHED, FAILED (with
+the reason as a tag) or KILLED (Ctrl-C), never RUNNING. Re-running with the same ``train.name`` and
+``train.storage_path`` resumes from the last checkpoint into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import torch
+import yaml
+from ray.train.torch import TorchTrainer
+
+from orchestrator import plots, tracking
+from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
+from orchestrator.errors import UserError
+from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
+from workloads.config import Config, TrainConfig
+
+COMPLETE_TAG = "simclr.complete"
+
+
+@dataclass
+class RayOptions:
+    """How to reach Ray: an address, or a local Ray this process starts (and stops)."""
+
+    address: str = ""  # "" -> $RAY_ADDRESS, else a new local Ray
+    num_cpus: int = 0  # local Ray: 0 -> every core
+    object_store_mb: int = 0  # local Ray: 0 -> min(30% of RAM, 4 GiB)
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    run_name: str
+    experiment_id: str
+    tracking_uri: str
+    checkpoint: str
+    complete: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+@contextmanager
+def ray_session(opts: RayOptions) -> Iterator[None]:
+    """Connect to Ray, or start a local one; shut down only what this call started."""
+    if ray.is_initialized():
+        yield
+        return
+    address = opts.address or os.environ.get("RAY_ADDRESS", "")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            mem = opts.object_store_mb * 2**20 or min(int(0.3 * _total_memory()), 4 * 2**30)
+            ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), object_store_memory=mem,
+                     include_dashboard=False, log_to_driver=True)
+    except ConnectionError as err:
+        raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
+    """CPUs each train worker reserves, leaving the rest to Ray Data's decode and augmentation tasks.
+
+    A worker per CPU would starve Ray Data and hang (ENVIRONMENT.md: "Cluster resources are not enough
+    to run any task from TaskPoolMapOperator"); so a quarter of the CPUs (at least one, at most half)
+    stay free for data.
+    """
+    w = train.workers
+    if train.use_gpu and gpus < w:
+        raise UserError(f"train.workers={w} with --use-gpu needs {w} GPUs; the cluster has {gpus:g}. "
+                        f"Lower train.workers or add GPU nodes")
+    if not train.use_gpu and w > cpus:
+        raise UserError(f"train.workers={w} is more than the cluster's {cpus:g} CPUs; lower train.workers")
+    reserve = min(max(1.0, 0.25 * cpus), cpus / 2)
+    if train.cpus_per_worker:
+        if train.cpus_per_worker * w > cpus - reserve + 1e-9:
+            raise UserError(
+                f"train.cpus_per_worker={train.cpus_per_worker:g} x {w} workers leaves less than {reserve:g} of the "
+                f"cluster's {cpus:g} CPUs for Ray Data; lower it (0 derives it)")
+        return train.cpus_per_worker
+    share = (cpus - reserve) / w
+    return min(share, 8.0) if train.use_gpu else share
+
+
+def generated_name(cfg: Config) -> str:
+    return f"simclr-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def storage_path(cfg: Config) -> str:
+    path = cfg.train.storage_path or "simclr_runs"
+    return path if "://" in path else os.path.abspath(path)
+
+
+def has_checkpoint(storage: str, name: str) -> bool:
+    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
+    selector = pafs.FileSelector(f"{base}/{name}", allow_not_found=True)
+    return any(i.base_name.startswith("checkpoint_") for i in fs.get_file_info(selector))
+
+
+def run_tags(cfg: Config, world: int) -> dict[str, str]:
+    tags = {
+        "method": cfg.method,
+        "ray_version": ray.__version__,
+        "torch_version": torch.__version__,
+        "world_size": str(world),
+        "python": platform.python_version(),
+        "dataset": cfg.data.source,
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=os.path.dirname(os.path.abspath(__file__)))
+        if commit.returncode == 0:
+            tags["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "") -> TrainOutcome:
+    """Run (or resume) one training and return where its results are."""
+    name = cfg.train.name or generated_name(cfg)
+    cfg = cfg.replace({"train.name": name, "train.storage_path": storage_path(cfg)})
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    cfg = cfg.replace({"tracking.uri": uri})  # checkpoints and `simclr eval` know where the run lives
+    client = tracking.client_for(uri)
+    exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
+    previous = tracking.find_run(client, exp_id, name)
+    resuming = has_checkpoint(cfg.train.storage_path, name)
+    if previous is not None and previous.data.tags.get(COMPLETE_TAG) == "true" and resuming:
+        raise UserError(f"train.name: run {name!r} already finished (MLflow run {previous.info.run_id}); "
+                        f"choose a new name")
+    with ray_session(ray_opts or RayOptions()):
+        resources = ray.cluster_resources()
+        cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        data = prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
+        steps = (data.num_train // cfg.train.workers) // cfg.train.worker_batch_size
+        if steps < 1:
+            raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {data.num_train} training "
+                            f"images; lower train.batch_size")
+        if previous is not None and resuming:
+            run_id = previous.info.run_id
+            tracking.reopen_run(client, run_id)
+        else:
+            tags = run_tags(cfg, cfg.train.workers)
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
+        try:
+            outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id)
+        except KeyboardInterrupt:
+            tracking.end_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+            raise
+        except BaseException as err:
+            tracking.end_run(client, run_id, "FAILED", failure_message(err))
+            raise
+        tracking.set_tags(client, run_id, {COMPLETE_TAG: str(outcome.complete).lower()})
+        tracking.end_run(client, run_id, "FINISHED")
+        return outcome
+
+
+def failure_message(err: BaseException) -> str:
+    """The one line that says why a run failed, dug out of Ray's wrapped worker tracebacks."""
+    text = str(err)
+    for marker in (NonFiniteLossError.__name__, "UserError", "BadImageError"):
+        for line in text.splitlines():
+            if marker + ": " in line:
+                return line.split(marker + ": ", 1)[1].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, uri: str, exp_id: str,
+         run_id: str) -> TrainOutcome:
+    train_ds = augmented(data.train, cfg.aug, cfg.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = os.path.join(tmp, "config.yaml")
+        with open(config_path, "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        client.log_artifact(run_id, config_path)
+        sample = train_ds.take_batch(16, batch_format="numpy")
+        grid = os.path.join(tmp, "augmented_views.png")
+        plots.views_grid(torch.as_tensor(sample["view0"].copy()), torch.as_tensor(sample["view1"].copy()), grid)
+        client.log_artifact(run_id, grid, "plots")
+    tracking.log_params(client, run_id, {"data.num_train": data.num_train, "data.bad_images_skipped": data.bad_images,
+                                         "data.num_classes": data.num_classes, "train.steps_per_epoch": steps})
+    if data.bad_images > 0:
+        client.log_metric(run_id, "bad_images_skipped", data.bad_images)
+    datasets: dict[str, Any] = {"train": train_ds}
+    if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
+        datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
+    resources: dict[str, float] = {"CPU": cpw}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1.0
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "meta": {
+            "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
+            "num_classes": data.num_classes if "eval_bank" in datasets else 0,
+        }},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.name, storage_path=cfg.train.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    history = _epoch_history(client, run_id)
+    complete = bool(history) and max(int(r["epoch"]) for r in history) >= cfg.train.epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = os.path.join(tmp, "curves.png")
+        plots.curves(history, curves)
+        if os.path.exists(curves):
+            client.log_artifact(run_id, curves, "plots")
+    if complete:
+        log_encoder(result.checkpoint, run_id, uri, cfg)
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
+
+
+def _epoch_history(client: Any, run_id: str) -> list[dict[str, float]]:
+    by_epoch: dict[int, dict[str, float]] = {}
+    for key in ("loss", "knn_top1"):
+        for m in client.get_metric_history(run_id, key):
+            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def log_encoder(checkpoint: ray.train.Checkpoint, run_id: str, uri: str, cfg: Config) -> None:
+    """The trained backbone (features before the head) as an MLflow PyTorch model of the run."""
+    import mlflow
+    import mlflow.pytorch
+
+    with checkpoint.as_directory() as d:
+        payload = load_state_file(d)
+    model = build_model(cfg)
+    model.load_state_dict(payload["model"])
+    encoder = model.encoder.eval()
+    example = to_tensor_images(torch.zeros(1, cfg.data.image_size, cfg.data.image_size, 3,
+                                           dtype=torch.uint8).numpy()).float().numpy()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            encoder, name="encoder", input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )

@@ -1,0 +1,253 @@
+"""The only code that runs on Ray Train workers: one resumable SimCLR training.
+
+Every worker runs the same steps (state updates are never rank-gated); rank 0 alone does I/O:
+progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from orchestrator import tracking
+from orchestrator.data import normalize
+from orchestrator.evaluation import LabelledImages, evaluate
+from workloads.config import Config
+from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
+from workloads.simclr.loss import nt_xent
+from workloads.simclr.model import SimCLRModel, build_simclr_model
+
+STATE_FILE = "state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides model and optimiser weights."""
+
+    epoch: int = 0  # last completed epoch (0: none)
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch (epoch 0 = init)
+    step_history: list[dict[str, float]] = field(default_factory=list)  # {"global_step", "step_loss"}
+
+
+def build_model(cfg: Config) -> SimCLRModel:
+    m = cfg.model
+    return build_simclr_model(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks,
+                              proj_hidden_dim=m.proj_hidden_dim or None, proj_dim=m.proj_dim,
+                              proj_layers=m.proj_layers)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+               cfg: Config, run_id: str) -> None:
+    """Write ``state.pt`` atomically (temp file + rename), so no reader ever sees half a file."""
+    payload: dict[str, Any] = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "history": state.history,
+        "step_history": state.step_history,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+        "config": cfg.to_dict(),
+        "run_id": run_id,
+    }
+    if torch.cuda.is_available():
+        payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    tmp = os.path.join(path, STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, os.path.join(path, STATE_FILE))
+
+
+def load_state_file(path: str) -> dict[str, Any]:
+    payload: dict[str, Any] = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+    return payload
+
+
+def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return TrainState(payload["epoch"], payload["global_step"], payload["history"], payload["step_history"])
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout stays clean for --json). Written directly: Ray Train patches
+    ``print`` on workers to go through the root logger, which shows each line twice."""
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = Config.from_dict(config["cfg"])
+    meta: dict[str, Any] = config["meta"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    bf16 = use_bf16(cfg, device)
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
+    random.seed(cfg.train.seed + rank)
+    model: nn.Module = build_model(cfg)
+    if cfg.train.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    core = model
+    optimizer = build_optimizer(cfg.optim.name, core, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                momentum=cfg.optim.momentum, eta=cfg.optim.eta)
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = restore(load_state_file(d), core, optimizer)
+        if rank == 0:
+            log(f"resumed from {checkpoint.path} after epoch {state.epoch}")
+    model = ray.train.torch.prepare_model(model)  # to device, DDP when world > 1
+    core = unwrap(model)
+    _optimizer_to(optimizer, device)
+    forward = torch.compile(model) if cfg.train.compile else model
+
+    run_id: str = meta["run_id"]
+    client = tracking.client_for(meta["tracking_uri"]) if rank == 0 else None
+    if client is not None and state.history:  # epochs checkpointed before a crash but not yet in MLflow
+        tracking.log_history(client, run_id, state.history)
+        tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+
+    num_classes: int = meta["num_classes"]
+    evaluating = rank == 0 and num_classes > 0
+    bank = test = None
+    if evaluating:
+        bank = LabelledImages.from_dataset(ray.train.get_dataset_shard("eval_bank"))
+        test = LabelledImages.from_dataset(ray.train.get_dataset_shard("eval_test"))
+        if state.epoch == 0:
+            init = evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16)
+            state.history.append({"epoch": 0, **init})
+            log(f"epoch 0 (initialisation): kNN top-1 {init['knn_top1']:.4f}")
+
+    steps_per_epoch: int = meta["steps_per_epoch"]
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps)
+    base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
+    last_epoch = min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs)
+    shard = ray.train.get_dataset_shard("train")
+    autocast_ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    for epoch in range(state.epoch + 1, last_epoch + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        steps = 0
+        wait = 0.0
+        start = time.perf_counter()
+        tick = start
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.train.worker_batch_size, drop_last=True, prefetch_batches=cfg.data.prefetch_batches,
+            device=device, pin_memory=device.type == "cuda",
+        )
+        for batch in batches:
+            wait += time.perf_counter() - tick
+            x = normalize(torch.cat([batch["view0"], batch["view1"]]))  # 2B x 3 x S x S, both views
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = warmup_cosine(state.global_step, total_steps, warmup_steps, base_lr,
+                               cfg.optim.final_lr)
+            set_lr(optimizer, lr)
+            with autocast_ctx:
+                z = forward(x)  # 2B x D
+            z0, z1 = z.chunk(2)  # B x D each
+            loss = nt_xent(z0, z1, cfg.loss.temperature, gather=cfg.loss.gather)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}; "
+                    f"lower optim.lr or raise loss.temperature (the last good checkpoint is kept)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+            state.global_step += 1
+            if rank == 0 and state.global_step % cfg.train.log_every_steps == 0:
+                step_loss = loss.item()
+                state.step_history.append({"global_step": state.global_step, "step_loss": step_loss})
+                elapsed = time.perf_counter() - start
+                log(f"epoch {epoch}/{cfg.train.epochs} step {steps}/{steps_per_epoch} loss {step_loss:.4f} "
+                    f"lr {lr:.4g} {steps * cfg.train.batch_size / max(elapsed, 1e-9):.0f} img/s")
+            tick = time.perf_counter()
+        seconds = time.perf_counter() - start
+        if steps == 0:
+            raise RuntimeError(f"epoch {epoch}: worker {rank} received no full batch; lower train.batch_size")
+        stats = torch.stack([loss_sum, torch.tensor(float(steps), device=device)])
+        if world > 1:
+            dist.all_reduce(stats)
+        record: dict[str, float] = {
+            "epoch": epoch,
+            "loss": (stats[0] / stats[1]).item(),
+            "lr": lr,
+            "images_per_s": steps * cfg.train.batch_size / seconds,
+            "data_wait_frac": wait / seconds,
+            "epoch_seconds": seconds,
+        }
+        final = epoch == cfg.train.epochs
+        if evaluating and bank is not None and test is not None and (epoch % cfg.eval.every_epochs == 0 or final):
+            png = os.path.join(tempfile.mkdtemp(), "embedding.png") if final else ""
+            record.update(evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16,
+                                   linear=final, embedding_png=png))
+            if client is not None and png:
+                client.log_artifact(run_id, png, "plots")
+        state.epoch = epoch
+        state.history.append(record)
+        if rank == 0:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+            log(f"epoch {epoch}/{cfg.train.epochs} done: {shown}")
+        save = epoch % cfg.train.checkpoint_every == 0 or epoch == last_epoch
+        _report(record, save and rank == 0, core, optimizer, state, cfg, run_id)
+        if client is not None and save:
+            tracking.log_history(client, run_id, state.history)
+            tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+
+
+def _report(record: dict[str, float], with_checkpoint: bool, model: nn.Module,
+            optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config, run_id: str) -> None:
+    """Every worker reports (it is a barrier); rank 0 attaches the checkpoint when one is due."""
+    if not with_checkpoint:
+        ray.train.report(record)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save_state(d, model, optimizer, state, cfg, run_id)
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:05d}")
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move restored optimiser state (momentum buffers) to the training device."""
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                st[k] = v.to(device)

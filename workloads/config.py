@@ -1,0 +1,371 @@
+"""Typed configuration: one dataclass per concern, validated on construction.
+
+Dicts exist only at the boundaries (YAML, ``--set``, Ray's ``train_loop_config``, MLflow params);
+``Config.from_dict`` turns a dict back into the typed tree and rejects unknown keys and bad values
+with an error that names the dotted field and the allowed range (torchtitan-style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the fix."""
+
+
+def _check(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{name} must be {rule}; got {value!r}")
+
+
+DATA_SOURCES = (
+    "digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist",
+    "imagefolder", "parquet", "images",
+)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how Ray Data prepares them."""
+
+    section: ClassVar[str] = "data"
+    source: str = "digits"
+    root: str = ""  # local root of a torchvision-format dataset or an ImageFolder tree
+    uri: str = ""  # parquet / image files: a path or s3://, gs:// URI (file, folder or glob)
+    download: bool = False  # torchvision-format datasets: fetch into root when missing
+    split: str = "train"  # torchvision split used for pretraining ("train", or "unlabeled" for STL-10)
+    image_size: int = 16  # side of each augmented view
+    decode_size: int = 0  # side images are decoded and cached at (0: image_size)
+    image_column: str = "image"  # parquet: column of encoded image bytes
+    label_column: str = "label"  # parquet: column of integer labels ("" when there are none)
+    num_samples: int = 2048  # synthetic: number of images
+    num_classes: int = 10  # synthetic: number of classes
+    holdout_fraction: float = 0.2  # labelled images held out of pretraining for kNN / linear probe
+    bad_images: str = "skip"  # skip (and count) or fail on an unreadable image
+    cache_decoded: bool = True  # keep decoded images in the object store, decode once
+    augment_batch_size: int = 256  # images per Ray Data augmentation task
+    augment_workers: int = 0  # concurrent augmentation tasks (0: Ray Data decides)
+    prefetch_batches: int = 2  # batches prefetched by each train worker's iterator
+    eval_bank_size: int = 10000  # at most this many labelled train images in the kNN bank
+    eval_test_size: int = 2000  # at most this many held-out images evaluated
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(self.source in DATA_SOURCES, s, "source", f"one of {', '.join(DATA_SOURCES)}", self.source)
+        _check(self.image_size >= 4, s, "image_size", ">= 4", self.image_size)
+        _check(self.decode_size == 0 or self.decode_size >= 4, s, "decode_size", "0 or >= 4", self.decode_size)
+        _check(self.num_samples >= 2, s, "num_samples", ">= 2", self.num_samples)
+        _check(self.num_classes >= 1, s, "num_classes", ">= 1", self.num_classes)
+        _check(0.0 <= self.holdout_fraction < 1.0, s, "holdout_fraction", "in [0, 1)", self.holdout_fraction)
+        _check(self.bad_images in ("skip", "fail"), s, "bad_images", "'skip' or 'fail'", self.bad_images)
+        _check(self.augment_batch_size >= 1, s, "augment_batch_size", ">= 1", self.augment_batch_size)
+        _check(self.augment_workers >= 0, s, "augment_workers", ">= 0", self.augment_workers)
+        _check(self.prefetch_batches >= 0, s, "prefetch_batches", ">= 0", self.prefetch_batches)
+        _check(self.eval_bank_size >= 1, s, "eval_bank_size", ">= 1", self.eval_bank_size)
+        _check(self.eval_test_size >= 1, s, "eval_test_size", ">= 1", self.eval_test_size)
+        if self.source in ("parquet", "images"):
+            _check(bool(self.uri), s, "uri", f"set for source {self.source!r} (a path or s3://, gs:// URI)", self.uri)
+        if self.source in ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder"):
+            _check(bool(self.root), s, "root", f"set for source {self.source!r} (a local folder)", self.root)
+
+    @property
+    def stored_size(self) -> int:
+        return self.decode_size or self.image_size
+
+
+@dataclass
+class AugConfig:
+    """SimCLR augmentation (SIMCLR.md table); strength s scales colour jitter."""
+
+    section: ClassVar[str] = "aug"
+    strength: float = 0.5
+    min_scale: float = 0.08
+    max_scale: float = 1.0
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0  # 0.5 at ImageNet size; off at <= 64 px
+    blur_kernel_frac: float = 0.1
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(0.0 <= self.strength <= 4.0, s, "strength", "in [0, 4]", self.strength)
+        _check(0.0 < self.min_scale <= 1.0, s, "min_scale", "in (0, 1]", self.min_scale)
+        _check(self.min_scale <= self.max_scale <= 1.0, s, "max_scale", "in [min_scale, 1]", self.max_scale)
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, s, name, "a probability in [0, 1]", value)
+        _check(0.0 < self.blur_kernel_frac <= 0.5, s, "blur_kernel_frac", "in (0, 0.5]", self.blur_kernel_frac)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and projection head."""
+
+    section: ClassVar[str] = "model"
+    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet
+    cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool: for images <= 64 px
+    widths: tuple[int, ...] = (32, 64, 128)  # small_resnet stage widths
+    blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet blocks per stage
+    proj_hidden_dim: int = 0  # 0: the encoder's feature dimension
+    proj_dim: int = 128
+    proj_layers: int = 2
+
+    def __post_init__(self) -> None:
+        s = self.section
+        archs = ("resnet18", "resnet34", "resnet50", "small_resnet")
+        _check(self.arch in archs, s, "arch", f"one of {', '.join(archs)}", self.arch)
+        _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), s, "widths",
+               "a non-empty list of positive ints", self.widths)
+        _check(len(self.blocks) == len(self.widths) and all(b >= 1 for b in self.blocks), s, "blocks",
+               "a list of positive ints as long as model.widths", self.blocks)
+        _check(self.proj_hidden_dim >= 0, s, "proj_hidden_dim", ">= 0 (0: the feature dimension)",
+               self.proj_hidden_dim)
+        _check(self.proj_dim >= 1, s, "proj_dim", ">= 1", self.proj_dim)
+        _check(self.proj_layers in (2, 3), s, "proj_layers", "2 or 3", self.proj_layers)
+
+
+@dataclass
+class LossConfig:
+    """NT-Xent."""
+
+    section: ClassVar[str] = "loss"
+    temperature: float = 0.5
+    gather: bool = True  # negatives from every worker (SimCLR); False: only the worker's own batch
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0.0, self.section, "temperature", "> 0", self.temperature)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warmup, then cosine)."""
+
+    section: ClassVar[str] = "optim"
+    name: str = "lars"  # lars | sgd | adamw
+    lr: float = 0.3  # base learning rate, scaled by lr_scaling with the global batch
+    lr_scaling: str = "linear"  # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    eta: float = 0.001  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    final_lr: float = 0.0  # learning rate at the last step
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(self.name in ("lars", "sgd", "adamw"), s, "name", "one of lars, sgd, adamw", self.name)
+        _check(self.lr > 0.0, s, "lr", "> 0", self.lr)
+        _check(self.lr_scaling in ("linear", "sqrt", "none"), s, "lr_scaling", "one of linear, sqrt, none",
+               self.lr_scaling)
+        _check(self.weight_decay >= 0.0, s, "weight_decay", ">= 0", self.weight_decay)
+        _check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
+        _check(self.eta > 0.0, s, "eta", "> 0", self.eta)
+        _check(self.warmup_epochs >= 0.0, s, "warmup_epochs", ">= 0", self.warmup_epochs)
+        _check(self.final_lr >= 0.0, s, "final_lr", ">= 0", self.final_lr)
+        _check(self.grad_clip >= 0.0, s, "grad_clip", ">= 0 (0 = off)", self.grad_clip)
+
+
+@dataclass
+class TrainConfig:
+    """The distributed run: workers, precision, checkpoints, fault tolerance."""
+
+    section: ClassVar[str] = "train"
+    epochs: int = 30
+    batch_size: int = 256  # global batch (all workers); each worker gets batch_size / workers
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # 0: derived from the cluster, leaving CPUs for Ray Data
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR uses global BN on TPUs)
+    channels_last: bool = False  # memory format for convolutions on GPU
+    compile: bool = False  # torch.compile the model
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
+    keep_checkpoints: int = 2
+    max_failures: int = 0  # worker failures Ray Train recovers from (-1: unlimited)
+    stop_after_epoch: int = 0  # stop (checkpointed) after this epoch; re-run the same name to go on (0: off)
+    seed: int = 0
+    log_every_steps: int = 10  # progress line and step-loss metric every N steps
+    storage_path: str = ""  # checkpoints: a local folder or s3://, gs:// URI ("" -> ./simclr_runs)
+    name: str = ""  # run name; re-running with the same name resumes it ("" -> generated)
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(self.epochs >= 1, s, "epochs", ">= 1", self.epochs)
+        _check(self.batch_size >= 2, s, "batch_size", ">= 2", self.batch_size)
+        _check(self.workers >= 1, s, "workers", ">= 1", self.workers)
+        _check(self.cpus_per_worker >= 0.0, s, "cpus_per_worker", ">= 0 (0 = derived)", self.cpus_per_worker)
+        _check(self.precision in ("auto", "fp32", "bf16"), s, "precision", "one of auto, fp32, bf16",
+               self.precision)
+        _check(self.checkpoint_every >= 1, s, "checkpoint_every", ">= 1", self.checkpoint_every)
+        _check(self.keep_checkpoints >= 1, s, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+        _check(self.max_failures >= -1, s, "max_failures", ">= -1 (-1 = unlimited)", self.max_failures)
+        _check(self.stop_after_epoch >= 0, s, "stop_after_epoch", ">= 0 (0 = off)", self.stop_after_epoch)
+        _check(self.log_every_steps >= 1, s, "log_every_steps", ">= 1", self.log_every_steps)
+        if self.batch_size % self.workers:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.workers ({self.workers})"
+            )
+        if self.batch_size // self.workers < 2:
+            raise ConfigError(
+                f"train.batch_size / train.workers must be >= 2 (NT-Xent needs negatives on every worker); "
+                f"got {self.batch_size} / {self.workers}"
+            )
+
+    @property
+    def worker_batch_size(self) -> int:
+        return self.batch_size // self.workers
+
+
+@dataclass
+class EvalConfig:
+    """kNN monitor each epoch, linear probe at the end (both on frozen backbone features)."""
+
+    section: ClassVar[str] = "eval"
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    every_epochs: int = 1  # kNN every N epochs (and before the first epoch)
+    linear_probe_epochs: int = 100  # 0 = no linear probe
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(self.knn_k >= 1, s, "knn_k", ">= 1", self.knn_k)
+        _check(self.knn_temperature > 0.0, s, "knn_temperature", "> 0", self.knn_temperature)
+        _check(self.every_epochs >= 1, s, "every_epochs", ">= 1", self.every_epochs)
+        _check(self.linear_probe_epochs >= 0, s, "linear_probe_epochs", ">= 0", self.linear_probe_epochs)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. The URI falls back to MLFLOW_TRACKING_URI, then to ./mlflow.db (sqlite)."""
+
+    section: ClassVar[str] = "tracking"
+    uri: str = ""
+    experiment: str = "simclr"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), self.section, "experiment", "a non-empty name", self.experiment)
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one training run."""
+
+    method: str = "simclr"
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.method == "simclr", "config", "method", "'simclr'", self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys."""
+        flat: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _from_plain(cls, data, "")
+
+    def replace(self, overrides: dict[str, Any]) -> Config:
+        """A new config with dotted overrides applied (``{"loss.temperature": 0.2}``), re-validated."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            set_dotted(data, dotted, value)
+        return Config.from_dict(data)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``"a.b"``; unknown sections are caught by ``from_dict``."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"malformed key {dotted!r}: expected section.field, e.g. loss.temperature")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def _from_plain(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of fields; got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown key {name!r}; known keys of {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, dotted)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - every field has a default
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _coerce(tp: Any, value: Any, dotted: str) -> Any:
+    """Check and convert one value to its field's type; errors name the dotted field."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _from_plain(tp, value, dotted)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{dotted} must be a list; got {value!r}")
+        return tuple(_coerce(item_tp, v, dotted) for v in value)
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional fields yet
+        raise ConfigError(f"{dotted}: unsupported type {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{dotted} must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{dotted} must be an integer; got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{dotted} must be a number; got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # a run name like 2024 read from YAML
+        raise ConfigError(f"{dotted} must be a string; got {value!r}")
+    raise ConfigError(f"{dotted}: unsupported type {tp}")  # pragma: no cover
