@@ -15,7 +15,7 @@ from workloads.config import ConfigError
 from workloads.recipes import RECIPES
 
 EXIT_USER_ERROR = 2
-COMMAND_MODULES: tuple[str, ...] = ()  # e.g. "orchestrator.tune_cli"; each adds its subcommands
+COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -22,9 +23,10 @@ import ray
 import ray.data
 import torch
 from ray.data.extensions import ArrowTensorArray
+from ray.exceptions import RayError
 
 from orchestrator import sources
-from orchestrator.errors import UserError
+from orchestrator.errors import BadImageError, UserError
 from workloads.config import AugConfig, DataConfig
 from workloads.simclr.augment import SimCLRAugment
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 # ImageNet channel statistics; views travel as uint8 and are normalised on the training device.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# A UserError's line in a remote traceback, e.g. "orchestrator.errors.BadImageError: unreadable image ...".
+_REMOTE_USER_ERROR = re.compile(r"^orchestrator\.errors\.(?P<cls>BadImageError|UserError): (?P<msg>.+)$", re.MULTILINE)
 
 
 @dataclass
@@ -207,15 +211,26 @@ def _materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
 
 
 def _find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind a failed Ray Data run, as a one-line error of its own class.
+
+    Ray Data raises ``RayTaskError(UserCodeException)`` for a failing UDF; its ``cause`` chain ends
+    at a ``UserCodeException`` without the original exception, which survives only as a line of the
+    remote traceback text (``orchestrator.errors.BadImageError: unreadable image ...``). A plain
+    ``RayTaskError(BadImageError)`` is itself a UserError but prints the whole traceback, so the
+    walk prefers its ``cause``, the original exception.
+    """
+    texts: list[str] = []
     seen = 0
     while err is not None and seen < 10:
-        if isinstance(err, UserError):
+        if isinstance(err, UserError) and not isinstance(err, RayError):
             return err
-        cause = getattr(err, "cause", None) or err.__cause__
-        if cause is None and "BadImageError" in str(err):
-            line = next((ln for ln in str(err).splitlines() if "unreadable image" in ln), str(err))
-            return UserError(line.split("BadImageError: ")[-1].strip())
-        err, seen = cause, seen + 1
+        texts.append(str(err))
+        err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
+    for text in texts:
+        match = _REMOTE_USER_ERROR.search(text)
+        if match:
+            cls = BadImageError if match["cls"] == "BadImageError" else UserError
+            return cls(match["msg"].strip())
     return None
 
 

@@ -306,3 +306,14 @@ def decode_or_none(data: bytes | None, size: int, name: str, policy: str) -> np.
         raise BadImageError(
             f"unreadable image {name}: {err}; remove it, or set data.bad_images=skip to skip and count such files"
         ) from err
+
+
+def check_paths(source: str, root: str, uri: str, download: bool) -> None:
+    """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
+    if source in TORCHVISION_SOURCES and not download and not os.path.isdir(root):
+        raise UserError(f"data.root: no such folder {root!r} for {source}; point data.root at the dataset's "
+                        f"folder or set data.download=true to fetch it")
+    if source == "imagefolder" and "://" not in root and not os.path.isdir(root):
+        raise UserError(f"data.root: no such folder {root!r}; an ImageFolder tree is root/<class>/<image>")
+    if source in ("parquet", "images") and "://" not in uri and not os.path.exists(uri):
+        raise UserError(f"data.uri: {uri!r} does not exist; give a file, a folder or an s3:// / gs:// URI")

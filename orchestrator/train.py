@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 import yaml
 from ray.train.torch import TorchTrainer
 
-from orchestrator import plots, tracking
+from orchestrator import plots, sources, tracking
 from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
 from orchestrator.errors import UserError
 from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
@@ -142,8 +142,13 @@ def run_tags(cfg: Config, world: int) -> dict[str, str]:
     return tags
 
 
-def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "") -> TrainOutcome:
-    """Run (or resume) one training and return where its results are."""
+def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "",
+          callbacks: Sequence[Any] = ()) -> TrainOutcome:
+    """Run (or resume) one training and return where its results are.
+
+    ``callbacks`` go to the TorchTrainer's RunConfig (``simclr tune`` passes Tune's TuneReportCallback).
+    """
+    sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download)
     name = cfg.train.name or generated_name(cfg)
     cfg = cfg.replace({"train.name": name, "train.storage_path": storage_path(cfg)})
     uri = tracking.resolve_uri(cfg.tracking.uri)
@@ -172,7 +177,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
                 tags["mlflow.parentRunId"] = parent_run_id
             run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
         try:
-            outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id)
+            outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id, callbacks)
         except KeyboardInterrupt:
             tracking.end_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
             raise
@@ -196,7 +201,7 @@ def failure_message(err: BaseException) -> str:
 
 
 def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, uri: str, exp_id: str,
-         run_id: str) -> TrainOutcome:
+         run_id: str, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     train_ds = augmented(data.train, cfg.aug, cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.yaml")
@@ -229,6 +234,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
             name=cfg.train.name, storage_path=cfg.train.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -267,7 +273,9 @@ def log_encoder(checkpoint: ray.train.Checkpoint, run_id: str, uri: str, cfg: Co
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
     encoder = model.encoder.eval()
-    example = to_tensor_images(torch.zeros(1, cfg.data.image_size, cfg.data.image_size, 3,
+    # pt2 (torch.export, MLflow 3's default) marks only dimensions larger than 1 as dynamic: a batch
+    # of 2 keeps the saved model usable at any batch size.
+    example = to_tensor_images(torch.zeros(2, cfg.data.image_size, cfg.data.image_size, 3,
                                            dtype=torch.uint8).numpy()).float().numpy()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):

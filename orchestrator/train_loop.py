@@ -145,9 +145,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         bank = LabelledImages.from_dataset(ray.train.get_dataset_shard("eval_bank"))
         test = LabelledImages.from_dataset(ray.train.get_dataset_shard("eval_test"))
         if state.epoch == 0:
-            init = evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16)
+            # the same evaluation as at the end, so the curves start at initialisation
+            init = evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16, linear=True)
             state.history.append({"epoch": 0, **init})
-            log(f"epoch 0 (initialisation): kNN top-1 {init['knn_top1']:.4f}")
+            log("epoch 0 (initialisation): " + " ".join(f"{k} {v:.4f}" for k, v in init.items()))
 
     steps_per_epoch: int = meta["steps_per_epoch"]
     total_steps = steps_per_epoch * cfg.train.epochs

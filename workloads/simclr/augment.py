@@ -94,10 +94,10 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     # Top-left corner uniform over the valid integer positions (torch.randint(0, side - size + 1)).
     top = torch.floor(torch.rand(n, generator=generator, device=device, dtype=f64) * (height - h + 1))
     left = torch.floor(torch.rand(n, generator=generator, device=device, dtype=f64) * (width - w + 1))
-    top_left_centred = torch.where(none_fit.unsqueeze(1),
-                                   torch.stack([(width - w) // 2, (height - h) // 2], dim=1),
-                                   torch.stack([left, top], dim=1))  # (n, 2): x1, y1
-    return torch.cat([top_left_centred, top_left_centred + torch.stack([w, h], dim=1)], dim=1).float()
+    corner = torch.where(none_fit.unsqueeze(1),
+                         torch.stack([(width - w) // 2, (height - h) // 2], dim=1),  # centred fallback
+                         torch.stack([left, top], dim=1))  # (n, 2): x1, y1
+    return torch.cat([corner, corner + torch.stack([w, h], dim=1)], dim=1).float()
 
 
 def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
@@ -114,10 +114,13 @@ def crop_resize(images: Tensor, boxes: Tensor, output_size: int) -> Tensor:
     """Crop each image to its box and resize to output_size², in one roi_align call.
 
     images: float (N, C, H, W); boxes: (N, 4) x1, y1, x2, y2 in pixels. aligned=True puts sample
-    points at pixel centres, so upscaling is bilinear interpolation exactly as F.interpolate
+    points at pixel centres, so upscaling is bilinear interpolation as F.interpolate
     (align_corners=False), and a whole-image box at the input size returns the input unchanged.
     sampling_ratio=-1 averages ceil(box/output) samples per output pixel when downscaling, a box
-    prefilter in place of torchvision's antialiasing triangle filter.
+    prefilter in place of torchvision's antialiasing triangle filter. One difference from
+    torchvision's crop-then-resize: samples between the box edge and its outer pixel centres
+    (the outer ~half upscale factor of output pixels) also weigh the input pixel just outside the
+    box, where torchvision repeats the edge pixel; roi_align only clamps at the image border.
     """
     index = torch.arange(images.shape[0], device=images.device, dtype=boxes.dtype).unsqueeze(1)
     rois = torch.cat([index, boxes.to(images.device)], dim=1)  # (N, 5): batch index, x1, y1, x2, y2
@@ -360,10 +363,11 @@ class SimCLRAugment:
 
         Works through the batch in chunks of about `chunk_pixels` output pixels: every op is still
         vectorised over a chunk's images, but the float temporaries stay small enough to be reused
-        from cache and the allocator instead of being page-faulted in for every op (2-3× faster at
+        from cache and the allocator instead of being page-faulted in for every op (about 2× faster at
         224 px; at 32 px a chunk is the whole batch). Parameters are drawn for the whole batch,
         so the output does not depend on the chunk size.
         """
+        _check_images(images)
         n = images.shape[0]
         chunk = max(1, chunk_pixels // self.output_size**2)
         out = images.new_empty((n, 3, self.output_size, self.output_size))

@@ -1,0 +1,180 @@
+"""A throwaway multi-node Ray cluster on 127.0.0.1 for the cluster tests.
+
+Every node is a ``ray start --block`` process in its own process group, so a test can kill one node
+(its raylet, object store, agents and workers) with one ``killpg`` and tear the whole cluster down
+without ``ray stop``: ``ray stop`` kills *every* Ray process on the machine by name, including other
+people's clusters, whatever ``--temp-dir`` says. Each cluster has its own short temp dir (unix socket
+paths are limited to 107 bytes), its own ports and its own HOME, so it never reads or writes the real
+``~/.ray`` (Ray 2.60 turns token auth on by itself when it finds ``~/.ray/auth_token``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Node:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    resources: dict[str, float]
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group: raylet, object store, agents, workers."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@dataclass
+class LocalCluster:
+    """Head + worker nodes on 127.0.0.1; ``auth_mode`` is "token" or "disabled" on every node."""
+
+    auth_mode: str = "token"
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+    nodes: list[Node] = field(default_factory=list)
+    gcs_port: int = 0
+    dashboard_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.home = self.root / "home"
+        (self.home / ".ray").mkdir(parents=True)
+        self.token_file = self.home / ".ray" / "auth_token"
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
+        self.temp_dir = self.root / "t"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment of every node: the venv first on PATH (jobs run the ``python`` found there)."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RAY_", "MLFLOW_")) and k not in ("HOME", "VIRTUAL_ENV", "PYTHONPATH")}
+        env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), HOME=str(self.home),
+                   RAY_AUTH_MODE=self.auth_mode, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        return env
+
+    def _start(self, args: list[str], num_cpus: int, resources: dict[str, float] | None,
+               object_store_mb: int) -> Node:
+        log_path = self.root / f"node{len(self.nodes)}.log"
+        cmd = [os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
+               "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(self.temp_dir),
+               "--object-store-memory", str(object_store_mb * 2**20),
+               "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+               "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+               "--disable-usage-stats", *args]
+        if resources:
+            cmd += ["--resources", json.dumps(resources)]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        node = Node(proc, log_path, {"CPU": float(num_cpus), **(resources or {})})
+        self.nodes.append(node)
+        return node
+
+    def start_head(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
+                   object_store_mb: int = 150) -> Node:
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        head = self._start(["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+                            "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
+                            "--ray-client-server-port", str(free_port())], num_cpus, resources, object_store_mb)
+        self._wait(lambda: self.alive_nodes() >= 1, 90, "the head node to serve its dashboard", head)
+        return head
+
+    def add_node(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
+                 object_store_mb: int = 150, wait: bool = True) -> Node:
+        expected = self.alive_nodes() + 1
+        node = self._start(["--address", self.gcs_address], num_cpus, resources, object_store_mb)
+        if wait:
+            self._wait(lambda: self.alive_nodes() >= expected, 90, f"node {len(self.nodes) - 1} to join", node)
+        return node
+
+    def _get(self, path: str) -> Any:
+        req = urllib.request.Request(self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def alive_nodes(self) -> int:
+        try:
+            body = self._get("/api/v0/nodes?limit=100")
+        except (OSError, urllib.error.URLError, ValueError):
+            return 0
+        rows = body.get("data", {}).get("result", {}).get("result", [])
+        return sum(1 for r in rows if r.get("state") == "ALIVE")
+
+    def _wait(self, ready: Any, timeout: float, what: str, node: Node) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited ({node.proc.returncode}) waiting for {what}:\n"
+                                   f"{node.log_path.read_text()[-3000:]}")
+            if ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"timed out waiting for {what}:\n{node.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM each node's group (``ray start --block`` then stops its processes), SIGKILL stragglers,
+        then kill any process still naming this cluster's temp dir (only ours), and delete the temp dir."""
+        for node in reversed(self.nodes):  # workers first, the head (GCS) last
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=10)
+        for pid in self.stray_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def stray_pids(self) -> list[int]:
+        """Processes (ours: their command line names this cluster's unique temp dir) still alive."""
+        marker = str(self.temp_dir)
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+        return pids

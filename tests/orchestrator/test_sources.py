@@ -1,0 +1,476 @@
+"""Tests for orchestrator.sources: every on-disk format read back from small files the test writes.
+
+No Ray here. Each writer builds the files from the format's own description (CIFAR's channel
+planes, STL-10's column-major planes, MNIST's IDX header), not from the reader's transposes, so a
+swapped axis or channel shows up as a wrong pixel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orchestrator import sources
+from orchestrator.errors import BadImageError, UserError
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
+    """An image (H, W, 3) uint8 array or PIL image as encoded bytes."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def solid(colour: tuple[int, int, int], h: int = 12, w: int = 12) -> np.ndarray:
+    return np.broadcast_to(np.asarray(colour, np.uint8), (h, w, 3)).copy()
+
+
+def random_images(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+def cifar_rows(images: np.ndarray) -> np.ndarray:
+    """CIFAR's row layout: 1024 red values (row-major 32x32), then 1024 green, then 1024 blue."""
+    return np.stack([np.concatenate([img[:, :, c].ravel() for c in range(3)]) for img in images])
+
+
+def write_pickle(path: Path, obj: dict[bytes, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                            np.ndarray]:
+    """cifar-10-batches-py/data_batch_1..5 and test_batch; the first train image is pure red."""
+    base = root / "cifar-10-batches-py"
+    train = random_images(5 * per_batch, 32, 32, seed=1)
+    train[0] = solid(RED, 32, 32)
+    train_labels = np.arange(5 * per_batch) % 10
+    for i in range(5):
+        sl = slice(i * per_batch, (i + 1) * per_batch)
+        write_pickle(base / f"data_batch_{i + 1}",
+                     {b"batch_label": b"x", b"data": cifar_rows(train[sl]), b"labels": train_labels[sl].tolist()})
+    test = random_images(n_test, 32, 32, seed=2)
+    test_labels = (np.arange(n_test) * 3) % 10
+    write_pickle(base / "test_batch", {b"data": cifar_rows(test), b"labels": test_labels.tolist()})
+    return train, train_labels, test, test_labels
+
+
+def stl_bytes(images: np.ndarray) -> bytes:
+    """STL-10's binary layout: per image, per channel, the 96x96 plane in column-major order."""
+    return b"".join(img[:, :, c].ravel(order="F").tobytes() for img in images for c in range(3))
+
+
+def stl_pattern(n: int, seed: int) -> np.ndarray:
+    """Random images whose top row is red and left column is blue: a transpose swaps them."""
+    images = random_images(n, 96, 96, seed) // 2
+    images[:, 0, :] = RED
+    images[:, 1:, 0] = BLUE
+    return images
+
+
+def write_stl10(root: Path) -> dict[str, np.ndarray]:
+    base = root / "stl10_binary"
+    base.mkdir(parents=True)
+    out = {"train": stl_pattern(5, 1), "test": stl_pattern(3, 2), "unlabeled": stl_pattern(4, 3)}
+    for name, images in out.items():
+        (base / f"{name}_X.bin").write_bytes(stl_bytes(images))
+    out["train_y"] = np.array([1, 2, 10, 5, 1], np.uint8)  # 1..10 on disk
+    out["test_y"] = np.array([10, 3, 1], np.uint8)
+    for name in ("train", "test"):
+        (base / f"{name}_y.bin").write_bytes(out[f"{name}_y"].tobytes())
+    return out
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX: two zero bytes, type 0x08 (unsigned byte), the number of dims, big-endian int32 dims, data."""
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(root: Path, folder: str, gz: bool) -> dict[str, np.ndarray]:
+    base = root / folder / "raw"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    out = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(12) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([9, 8, 7, 6, 5], np.uint8),
+    }
+    for name, array in out.items():
+        if gz:
+            with gzip.open(base / f"{name}.gz", "wb") as f:
+                f.write(idx_bytes(array))
+        else:
+            (base / name).write_bytes(idx_bytes(array))
+    return out
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+def test_cifar10_reads_train_batches_in_order_and_test_batch_as_held_out(tmp_path: Path) -> None:
+    train, train_labels, test, test_labels = write_cifar10(tmp_path)
+    src = sources.load_torchvision("cifar10", str(tmp_path), "train", download=False)
+    assert src.num_classes == 10
+    assert src.train.images.shape == (20, 32, 32, 3) and src.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(src.train.images, train)
+    np.testing.assert_array_equal(src.train.labels, train_labels)
+    assert src.train.labels.dtype == np.int64
+    assert src.test is not None
+    np.testing.assert_array_equal(src.test.images, test)
+    np.testing.assert_array_equal(src.test.labels, test_labels)
+
+
+def test_cifar10_red_image_stays_red_in_hwc_order(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    src = sources.load_torchvision("cifar10", str(tmp_path), "train", download=False)
+    assert (src.train.images[0] == RED).all()
+
+
+def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
+    base = tmp_path / "cifar-100-python"
+    train, test = random_images(8, 32, 32, seed=3), random_images(3, 32, 32, seed=4)
+    fine, coarse = [0, 99, 42, 7, 13, 55, 99, 1], [0, 19, 8, 1, 2, 11, 19, 0]
+    write_pickle(base / "train", {b"data": cifar_rows(train), b"fine_labels": fine, b"coarse_labels": coarse})
+    write_pickle(base / "test", {b"data": cifar_rows(test), b"fine_labels": [5, 6, 77], b"coarse_labels": [1, 1, 3]})
+    src = sources.load_torchvision("cifar100", str(tmp_path), "train", download=False)
+    assert src.num_classes == 100
+    np.testing.assert_array_equal(src.train.images, train)
+    np.testing.assert_array_equal(src.train.labels, fine)
+    assert src.test is not None
+    np.testing.assert_array_equal(src.test.images, test)
+    np.testing.assert_array_equal(src.test.labels, [5, 6, 77])
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+
+def test_stl10_column_major_planes_become_hwc_images(tmp_path: Path) -> None:
+    written = write_stl10(tmp_path)
+    src = sources.load_torchvision("stl10", str(tmp_path), "train", download=False)
+    assert src.train.images.shape == (5, 96, 96, 3)
+    np.testing.assert_array_equal(src.train.images, written["train"])
+    assert (src.train.images[:, 0, :] == RED).all()  # top row, not left column
+    assert (src.train.images[:, 1:, 0] == BLUE).all()
+    assert src.test is not None
+    np.testing.assert_array_equal(src.test.images, written["test"])
+
+
+def test_stl10_labels_shift_from_1_10_to_0_9(tmp_path: Path) -> None:
+    written = write_stl10(tmp_path)
+    src = sources.load_torchvision("stl10", str(tmp_path), "train", download=False)
+    assert src.num_classes == 10
+    np.testing.assert_array_equal(src.train.labels, written["train_y"].astype(np.int64) - 1)
+    assert src.test is not None
+    np.testing.assert_array_equal(src.test.labels, [9, 2, 0])
+
+
+def test_stl10_unlabeled_split_has_minus_one_labels(tmp_path: Path) -> None:
+    written = write_stl10(tmp_path)
+    src = sources.load_torchvision("stl10", str(tmp_path), "unlabeled", download=False)
+    np.testing.assert_array_equal(src.train.images, written["unlabeled"])
+    np.testing.assert_array_equal(src.train.labels, [-1] * 4)
+    assert src.test is not None and len(src.test) == 3
+
+
+def test_stl10_train_plus_unlabeled_concatenates_labelled_then_unlabeled(tmp_path: Path) -> None:
+    written = write_stl10(tmp_path)
+    src = sources.load_torchvision("stl10", str(tmp_path), "train+unlabeled", download=False)
+    np.testing.assert_array_equal(src.train.images, np.concatenate([written["train"], written["unlabeled"]]))
+    np.testing.assert_array_equal(src.train.labels, [0, 1, 9, 4, 0, -1, -1, -1, -1])
+
+
+def test_stl10_rejects_an_unknown_split_naming_data_split(tmp_path: Path) -> None:
+    write_stl10(tmp_path)
+    with pytest.raises(UserError, match="data.split"):
+        sources.load_torchvision("stl10", str(tmp_path), "test", download=False)
+
+
+# ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize(("source", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_idx_files_read_as_grayscale_repeated_to_rgb(tmp_path: Path, source: str, folder: str,
+                                                           gz: bool) -> None:
+    written = write_mnist(tmp_path, folder, gz)
+    src = sources.load_torchvision(source, str(tmp_path), "train", download=False)
+    assert src.num_classes == 10
+    assert src.train.images.shape == (12, 28, 28, 3) and src.train.images.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(src.train.images[..., c], written["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(src.train.labels, np.arange(12) % 10)
+    assert src.test is not None
+    np.testing.assert_array_equal(src.test.images[..., 1], written["t10k-images-idx3-ubyte"])
+    np.testing.assert_array_equal(src.test.labels, [9, 8, 7, 6, 5])
+
+
+def test_mnist_rejects_a_file_that_is_not_idx(tmp_path: Path) -> None:
+    write_mnist(tmp_path, "MNIST", gz=False)
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03garbage")
+    with pytest.raises(UserError, match="not an IDX file"):
+        sources.load_torchvision("mnist", str(tmp_path), "train", download=False)
+
+
+# ----------------------------------------------------------------------------- missing files, download
+
+
+@pytest.mark.parametrize("source", sources.TORCHVISION_SOURCES)
+def test_missing_root_without_download_names_data_root_and_suggests_download(tmp_path: Path, source: str) -> None:
+    with pytest.raises(UserError, match="data.root") as info:
+        sources.load_torchvision(source, str(tmp_path / "nowhere"), "train", download=False)
+    assert "data.download=true" in str(info.value)
+
+
+def test_cifar10_with_one_batch_missing_is_reported_missing(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_3")
+    with pytest.raises(UserError, match="data.root"):
+        sources.load_torchvision("cifar10", str(tmp_path), "train", download=False)
+
+
+def fake_torchvision(monkeypatch: pytest.MonkeyPatch, on_call: Callable[..., None]) -> list[tuple[str, str, Any]]:
+    """Stand-in ``torchvision.datasets`` (no network, no torch import) that records each construction."""
+    calls: list[tuple[str, str, Any]] = []
+
+    def dataset(name: str) -> type:
+        class Fake:
+            def __init__(self, root: str, train: bool = True, split: str = "", download: bool = False) -> None:
+                assert download
+                calls.append((name, root, split or train))
+                on_call(name, root)
+
+        return Fake
+
+    datasets = types.ModuleType("torchvision.datasets")
+    for name in ("CIFAR10", "CIFAR100", "STL10", "MNIST", "FashionMNIST"):
+        setattr(datasets, name, dataset(name))
+    package = types.ModuleType("torchvision")
+    package.datasets = datasets  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    return calls
+
+
+def test_download_true_fetches_through_torchvision_into_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    calls = fake_torchvision(monkeypatch, lambda name, r: write_cifar10(Path(r)))
+    src = sources.load_torchvision("cifar10", str(root), "train", download=True)
+    assert calls == [("CIFAR10", str(root), True), ("CIFAR10", str(root), False)]
+    assert len(src.train) == 20
+
+
+def test_download_true_fetches_every_stl10_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_torchvision(monkeypatch, lambda name, r: None)
+    write_stl10(tmp_path)
+    sources.load_torchvision("stl10", str(tmp_path), "train", download=True)
+    assert calls == [("STL10", str(tmp_path), s) for s in ("train", "test", "unlabeled")]
+
+
+def test_download_failure_is_a_user_error_naming_data_download(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(name: str, root: str) -> None:
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    fake_torchvision(monkeypatch, offline)
+    with pytest.raises(UserError, match="data.download: could not download mnist"):
+        sources.load_torchvision("mnist", str(tmp_path), "train", download=True)
+
+
+# ----------------------------------------------------------------------------- digits, synthetic
+
+
+def test_digits_are_8x8_rgb_with_ten_classes() -> None:
+    src = sources.load_digits()
+    assert src.train.images.shape == (1797, 8, 8, 3) and src.train.images.dtype == np.uint8
+    assert src.test is None and src.num_classes == 10
+    assert src.train.images.max() == 255
+    np.testing.assert_array_equal(src.train.images[..., 0], src.train.images[..., 2])
+    assert set(src.train.labels.tolist()) == set(range(10))
+
+
+def test_synthetic_is_deterministic_given_the_seed() -> None:
+    a, b, c = (sources.synthetic(32, 4, 8, seed) for seed in (0, 0, 1))
+    assert a.train.images.shape == (32, 8, 8, 3) and a.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    np.testing.assert_array_equal(a.train.labels, b.train.labels)
+    assert not np.array_equal(a.train.images, c.train.images)
+
+
+def test_synthetic_classes_are_separable_by_their_grating() -> None:
+    """The class sets the grating's orientation and frequency; colour and phase are random. So the
+    Fourier magnitude (phase-free) of an image should sit nearest its own class's mean magnitude."""
+    n, k = 200, 5
+    src = sources.synthetic(n, k, 16, seed=0)
+    assert src.num_classes == k and set(src.train.labels.tolist()) == set(range(k))
+    gray = src.train.images.astype(np.float64).mean(-1)
+    gray -= gray.mean(axis=(1, 2), keepdims=True)
+    mag = np.abs(np.fft.fft2(gray)).reshape(n, -1)
+    mag /= np.linalg.norm(mag, axis=1, keepdims=True)
+    centroids = np.stack([mag[src.train.labels == c].mean(0) for c in range(k)])
+    accuracy = (np.argmax(mag @ centroids.T, axis=1) == src.train.labels).mean()
+    assert accuracy > 0.9
+
+
+# ----------------------------------------------------------------------------- ImageFolder, files, Parquet
+
+
+def write_image_folder(root: Path) -> None:
+    """Two classes, PNG and JPEG, a nested folder, and non-image files that must be ignored."""
+    for cls, colour in (("dog", BLUE), ("cat", RED)):
+        (root / cls / "nested").mkdir(parents=True)
+        (root / cls / "a.png").write_bytes(encode(solid(colour)))
+        (root / cls / "b.JPG").write_bytes(encode(solid(colour), "JPEG"))
+        (root / cls / "nested" / "c.png").write_bytes(encode(solid(colour)))
+        (root / cls / "notes.txt").write_text("not an image")
+    (root / "stray.png").write_bytes(encode(solid(GREEN)))  # directly under root: no class
+    (root / "README").write_text("readme")
+    (root / "empty_class").mkdir()
+
+
+def test_image_folder_labels_are_sorted_class_indices(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    listing = sources.list_image_folder(str(tmp_path))
+    assert listing.classes == ["cat", "dog", "empty_class"]
+    names = [os.path.relpath(p, tmp_path) for p in listing.paths]
+    assert names == ["cat/a.png", "cat/b.JPG", "cat/nested/c.png", "dog/a.png", "dog/b.JPG", "dog/nested/c.png"]
+    assert listing.labels == [0, 0, 0, 1, 1, 1]
+
+
+def test_image_folder_without_images_or_missing_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="data.root: no images"):
+        sources.list_image_folder(str(tmp_path))
+    with pytest.raises(UserError, match="data.root"):
+        sources.list_image_folder(str(tmp_path / "missing"))
+
+
+def test_image_files_by_folder_single_file_and_file_uri(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    folder = sources.list_image_files(str(tmp_path))
+    assert len(folder.paths) == 7  # six class images and the stray one; no .txt, no README
+    assert folder.labels == [-1] * 7 and folder.classes == []
+    one = sources.list_image_files(str(tmp_path / "cat" / "a.png"))
+    assert one.paths == [str(tmp_path / "cat" / "a.png")]
+    uri = sources.list_image_files(f"file://{tmp_path / 'dog'}")
+    assert [os.path.basename(p) for p in uri.paths] == ["a.png", "b.JPG", "c.png"]
+    with uri.filesystem.open_input_file(uri.paths[0]) as f:
+        assert np.array_equal(sources.decode_image(f.read(), 4)[0, 0], BLUE)
+
+
+def test_image_files_missing_or_empty_is_a_user_error_naming_data_uri(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="data.uri: .* does not exist"):
+        sources.list_image_files(str(tmp_path / "missing"))
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="data.uri: no image files"):
+        sources.list_image_files(str(tmp_path))
+
+
+def test_parquet_location_checks_existence(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"image": [encode(solid(RED))], "label": [0]}), path)
+    fs, resolved = sources.parquet_location(str(path))
+    assert fs.get_file_info(resolved).size == path.stat().st_size
+    sources.parquet_location(f"file://{path}")
+    with pytest.raises(UserError, match="data.uri: .* does not exist"):
+        sources.parquet_location(str(tmp_path / "nope.parquet"))
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize(("w", "h"), [(60, 20), (20, 60)], ids=["wide", "tall"])
+def test_decode_resizes_shorter_side_and_centre_crops(w: int, h: int) -> None:
+    """Three square blocks along the long side, red | green | blue: the centre crop is all green."""
+    blocks = [solid(c, 20, 20) for c in (RED, GREEN, BLUE)]
+    image = np.concatenate(blocks, axis=1 if w > h else 0)
+    out = sources.decode_image(encode(image), 10)
+    assert out.shape == (10, 10, 3) and out.dtype == np.uint8
+    np.testing.assert_allclose(out[1:-1, 1:-1].reshape(-1, 3).astype(int), [GREEN] * 64, atol=2)
+
+
+def test_decode_upscales_a_small_image() -> None:
+    out = sources.decode_image(encode(solid(BLUE, 4, 6)), 8)
+    assert out.shape == (8, 8, 3)
+    assert (out == BLUE).all()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: Image.new("L", (5, 7), 77), (77, 77, 77)),
+        (lambda: Image.new("LA", (5, 7), (200, 10)), (200, 200, 200)),
+        (lambda: Image.new("RGBA", (7, 5), (10, 20, 30, 128)), (10, 20, 30)),
+        (lambda: Image.new("1", (6, 6), 1), (255, 255, 255)),
+    ],
+    ids=["gray", "gray_alpha", "rgba", "bilevel"],
+)
+def test_decode_converts_other_modes_to_rgb(make: Callable[[], Image.Image], expected: tuple[int, int, int]) -> None:
+    out = sources.decode_image(encode(make()), 5)
+    assert out.shape == (5, 5, 3)
+    assert (out == expected).all()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_decode_converts_palette_images_to_rgb(fmt: str) -> None:
+    img = Image.new("P", (8, 8), 1)
+    img.putpalette([0, 0, 0, 12, 200, 90] + [0] * 762)
+    out = sources.decode_image(encode(img, fmt), 8)
+    assert (out == (12, 200, 90)).all()
+
+
+def bad_image_bytes() -> dict[str, bytes | None]:
+    png, jpeg = encode(random_images(1, 40, 40, 0)[0]), encode(random_images(1, 40, 40, 0)[0], "JPEG")
+    return {
+        "corrupt": bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8)),
+        "truncated_png": png[: len(png) // 2],
+        "truncated_jpeg": jpeg[: len(jpeg) // 2],
+        "zero_byte": b"",
+        "missing": None,
+        "text_as_png": b"this is a text file named image.png\n",
+    }
+
+
+@pytest.mark.parametrize("kind", list(bad_image_bytes()))
+def test_bad_image_is_skipped_under_skip(kind: str) -> None:
+    assert sources.decode_or_none(bad_image_bytes()[kind], 8, "x.png", "skip") is None
+
+
+@pytest.mark.parametrize("kind", list(bad_image_bytes()))
+def test_bad_image_under_fail_raises_naming_the_file_and_the_fix(kind: str) -> None:
+    with pytest.raises(BadImageError, match="unreadable image /data/cat/x.png: ") as info:
+        sources.decode_or_none(bad_image_bytes()[kind], 8, "/data/cat/x.png", "fail")
+    assert isinstance(info.value, UserError)
+    assert "data.bad_images=skip" in str(info.value)
+
+
+def test_good_image_decodes_under_either_policy() -> None:
+    for policy in ("skip", "fail"):
+        out = sources.decode_or_none(encode(solid(GREEN)), 6, "g.png", policy)
+        assert out is not None and (out == GREEN).all()

@@ -1,0 +1,104 @@
+"""`simclr train` end to end: Ray Data -> Ray Train (2 workers, DDP) -> MLflow, resume, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from conftest import RAY, tiny_sets
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import UserError
+from orchestrator.evaluate_checkpoint import evaluate_checkpoint
+from orchestrator.train import COMPLETE_TAG, train
+from workloads.config import Config
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found: set[str] = set()
+    for info in client.list_artifacts(run_id, path or None):
+        found |= artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
+    return found
+
+
+def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), "--workers", "2", "--name", "e2e",
+           "--tracking-uri", uri, "--set", f"train.storage_path={tmp_path}/runs",
+           "--num-cpus", "2", "--object-store-mb", "300", "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)  # stdout holds exactly one JSON object
+    assert out["complete"] is True and out["run_name"] == "e2e"
+    assert os.path.isfile(os.path.join(out["checkpoint"], "state.pt"))
+    assert "epoch 1/2 done" in proc.stderr  # progress goes to the terminal (stderr)
+
+    client = MlflowClient(uri)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    # params: the whole resolved config, flattened
+    params = run.data.params
+    assert set(Config().to_flat_dict()) <= set(params)
+    assert params["train.workers"] == "2" and params["data.source"] == "synthetic"
+    # per-epoch metrics, kNN also at initialisation (epoch 0), step loss every N steps
+    for key in ("loss", "lr", "images_per_s", "data_wait_frac", "epoch_seconds"):
+        assert steps(client, run.info.run_id, key) == [1, 2], key
+    assert steps(client, run.info.run_id, "knn_top1") == [0, 1, 2]
+    assert steps(client, run.info.run_id, "linear_probe_top1") == [0, 2]
+    assert len(steps(client, run.info.run_id, "step_loss")) >= 2
+    assert 0.0 <= run.data.metrics["knn_top1"] <= 1.0
+    # tags
+    tags = run.data.tags
+    assert tags["world_size"] == "2" and tags["ray_version"] and tags["torch_version"]
+    assert len(tags.get("git_commit", "")) == 40
+    assert tags[COMPLETE_TAG] == "true"
+    # artifacts
+    assert {"config.yaml", "plots/augmented_views.png", "plots/curves.png", "plots/embedding.png"} <= artifact_paths(
+        client, run.info.run_id)
+    # the final encoder as an MLflow model, linked to the run, that loads and embeds images
+    models = client.search_logged_models(experiment_ids=[out["experiment_id"]])
+    model = next(m for m in models if m.source_run_id == run.info.run_id)
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the current tracking store
+    encoder = mlflow.pytorch.load_model(model.model_uri)
+    features = encoder(torch.zeros(3, 3, 16, 16))
+    assert features.shape == (3, 16)  # widths [8, 16]: 16 features before the head
+
+
+def test_stopped_run_resumes_at_the_next_epoch_in_the_same_mlflow_run(tiny: Config) -> None:
+    cfg = tiny.replace({"train.name": "resume", "train.epochs": 3, "train.stop_after_epoch": 1})
+    first = train(cfg, RAY)
+    assert not first.complete and first.checkpoint.endswith("checkpoint_epoch_00001")
+    client = MlflowClient(first.tracking_uri)
+    assert steps(client, first.run_id, "loss") == [1]
+    loss_epoch1 = client.get_metric_history(first.run_id, "loss")[0].value
+
+    second = train(cfg.replace({"train.stop_after_epoch": 0}), RAY)
+    assert second.run_id == first.run_id and second.complete
+    assert second.checkpoint.endswith("checkpoint_epoch_00003")
+    # each epoch logged once; epoch 1 kept its value from the first attempt (it was not re-trained)
+    assert steps(client, second.run_id, "loss") == [1, 2, 3]
+    assert steps(client, second.run_id, "knn_top1") == [0, 1, 2, 3]
+    assert client.get_metric_history(second.run_id, "loss")[0].value == loss_epoch1
+    run = client.get_run(second.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[COMPLETE_TAG] == "true"
+
+    with pytest.raises(UserError, match="already finished"):
+        train(cfg.replace({"train.stop_after_epoch": 0}), RAY)
+
+    result = evaluate_checkpoint(second.checkpoint, ["eval.linear_probe_epochs=5"], None, RAY)
+    assert result["run_id"] == second.run_id and result["epoch"] == 3
+    assert steps(client, second.run_id, "eval_knn_top1") == [3]
+    assert 0.0 <= result["metrics"]["eval_linear_probe_top1"] <= 1.0
+    assert "plots/eval_embedding.png" in artifact_paths(client, second.run_id)
