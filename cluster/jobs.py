@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import socket
@@ -152,6 +153,7 @@ class JobsClient:
         headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else None
         from ray.job_submission import JobSubmissionClient
 
+        _quiet_packaging_logs()
         with self._errors(), _without_env(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")):
             self._client = JobSubmissionClient(self.address, headers=headers)
 
@@ -246,6 +248,14 @@ class JobsClient:
                     raise
                 write(f"(log stream interrupted: {_first_line(err)}; waiting for the job to end)\n")
         return self.wait(job_id, poll_s)
+
+
+def _quiet_packaging_logs() -> None:
+    """Ray logs a line per ignored file and per default exclude while packaging the working_dir;
+    keep the client's stderr for the job's own logs (real packaging problems raise)."""
+    for name in ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
+                 "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _check_reachable(address: str) -> None:

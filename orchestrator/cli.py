@@ -82,9 +82,10 @@ def ray_options(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator.config_io import resolve
+
+    cfg = resolve(args.recipe, args.config, args.set, config_overrides(args))  # fail fast, before heavy imports
     from orchestrator.train import train
 
-    cfg = resolve(args.recipe, args.config, args.set, config_overrides(args))
     outcome = train(cfg, ray_options(args))
     if args.json:
         print(outcome.to_json(), file=out)

@@ -160,7 +160,11 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
     if previous is not None and previous.data.tags.get(COMPLETE_TAG) == "true" and resuming:
         raise UserError(f"train.name: run {name!r} already finished (MLflow run {previous.info.run_id}); "
                         f"choose a new name")
-    with ray_session(ray_opts or RayOptions()):
+    ray_opts = ray_opts or RayOptions()
+    local = not (ray.is_initialized() or ray_opts.address or os.environ.get("RAY_ADDRESS"))
+    if local:  # the local Ray's size is known: refuse an impossible ask before starting it
+        cpus_per_worker(cfg.train, float(ray_opts.num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count()))
+    with ray_session(ray_opts):
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         data = prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))

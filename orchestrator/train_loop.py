@@ -60,6 +60,11 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """NHWC helps convolutions on tensor-core GPUs; on CPU it mostly costs conversions."""
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
 def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                cfg: Config, run_id: str) -> None:
     """Write ``state.pt`` atomically (temp file + rename), so no reader ever sees half a file."""
@@ -109,13 +114,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     bf16 = use_bf16(cfg, device)
+    channels_last = use_channels_last(cfg, device)
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
     random.seed(cfg.train.seed + rank)
     model: nn.Module = build_model(cfg)
     if cfg.train.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.train.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     core = model
     optimizer = build_optimizer(cfg.optim.name, core, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -172,7 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in batches:
             wait += time.perf_counter() - tick
             x = normalize(torch.cat([batch["view0"], batch["view1"]]))  # 2B x 3 x S x S, both views
-            if cfg.train.channels_last:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = warmup_cosine(state.global_step, total_steps, warmup_steps, base_lr,
                                cfg.optim.final_lr)

@@ -183,7 +183,7 @@ class TrainConfig:
     cpus_per_worker: float = 0.0  # 0: derived from the cluster, leaving CPUs for Ray Data
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR uses global BN on TPUs)
-    channels_last: bool = False  # memory format for convolutions on GPU
+    channels_last: str = "auto"  # auto (on with a GPU) | on | off: NHWC memory format for convolutions
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2
@@ -202,6 +202,8 @@ class TrainConfig:
         _check(self.cpus_per_worker >= 0.0, s, "cpus_per_worker", ">= 0 (0 = derived)", self.cpus_per_worker)
         _check(self.precision in ("auto", "fp32", "bf16"), s, "precision", "one of auto, fp32, bf16",
                self.precision)
+        _check(self.channels_last in ("auto", "on", "off"), s, "channels_last", "one of auto, on, off",
+               self.channels_last)
         _check(self.checkpoint_every >= 1, s, "checkpoint_every", ">= 1", self.checkpoint_every)
         _check(self.keep_checkpoints >= 1, s, "keep_checkpoints", ">= 1", self.keep_checkpoints)
         _check(self.max_failures >= -1, s, "max_failures", ">= -1 (-1 = unlimited)", self.max_failures)

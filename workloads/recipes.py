@@ -58,7 +58,7 @@ def imagenet() -> Config:
         loss=LossConfig(temperature=0.1),
         optim=OptimConfig(name="lars", lr=0.075, lr_scaling="sqrt", weight_decay=1e-6, warmup_epochs=10),
         train=TrainConfig(epochs=100, batch_size=4096, workers=32, use_gpu=True, sync_bn=True,
-                          precision="bf16", channels_last=True),
+                          precision="bf16", channels_last="on"),
         eval=EvalConfig(knn_k=200, every_epochs=5),
     )
 

@@ -28,6 +28,18 @@ from pathlib import Path
 from typing import Any
 
 VENV_BIN = os.path.dirname(sys.executable)
+SIMCLR = os.path.join(VENV_BIN, "simclr")
+
+# The tiny synthetic run the cluster tests train (add --epochs).
+TINY = ["--set", "data.source=synthetic", "--set", "data.num_samples=128", "--set", "data.image_size=16",
+        "--set", "model.widths=[8,16]", "--set", "model.blocks=[1,1]", "--set", "train.batch_size=32",
+        "--set", "eval.linear_probe_epochs=0"]
+
+
+def simclr(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the `simclr` CLI as a user would, in its own process."""
+    return subprocess.run([SIMCLR, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def free_port() -> int:
@@ -37,17 +49,43 @@ def free_port() -> int:
         return port
 
 
+def descendant_pids(root: int) -> list[int]:
+    """Every live descendant of ``root``, from the parent pids in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 @dataclass
 class Node:
     proc: subprocess.Popen[bytes]
     log_path: Path
-    resources: dict[str, float]
+    tag: str  # a custom resource only this node has, to find it in the state API
 
     def kill(self) -> None:
-        """SIGKILL the node's whole process group: raylet, object store, agents, workers."""
+        """SIGKILL the node: its process group (raylet, object store, agents, workers) and every
+        descendant, which includes job drivers (the job supervisor starts them in their own session)."""
+        descendants = descendant_pids(self.proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
 
 
 @dataclass
@@ -55,6 +93,7 @@ class LocalCluster:
     """Head + worker nodes on 127.0.0.1; ``auth_mode`` is "token" or "disabled" on every node."""
 
     auth_mode: str = "token"
+    extra_env: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     nodes: list[Node] = field(default_factory=list)
@@ -83,11 +122,13 @@ class LocalCluster:
                if not k.startswith(("RAY_", "MLFLOW_")) and k not in ("HOME", "VIRTUAL_ENV", "PYTHONPATH")}
         env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), HOME=str(self.home),
                    RAY_AUTH_MODE=self.auth_mode, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        env.update(self.extra_env)
         return env
 
     def _start(self, args: list[str], num_cpus: int, resources: dict[str, float] | None,
                object_store_mb: int) -> Node:
-        log_path = self.root / f"node{len(self.nodes)}.log"
+        tag = f"node_tag_{len(self.nodes)}"
+        log_path = self.root / f"{tag}.log"
         cmd = [os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
                "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(self.temp_dir),
                "--object-store-memory", str(object_store_mb * 2**20),
@@ -95,12 +136,11 @@ class LocalCluster:
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
                "--disable-usage-stats", *args]
-        if resources:
-            cmd += ["--resources", json.dumps(resources)]
+        cmd += ["--resources", json.dumps({**(resources or {}), tag: 1})]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
-        node = Node(proc, log_path, {"CPU": float(num_cpus), **(resources or {})})
+        node = Node(proc, log_path, tag)
         self.nodes.append(node)
         return node
 
@@ -110,29 +150,43 @@ class LocalCluster:
         head = self._start(["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                             "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
                             "--ray-client-server-port", str(free_port())], num_cpus, resources, object_store_mb)
-        self._wait(lambda: self.alive_nodes() >= 1, 90, "the head node to serve its dashboard", head)
+        self._wait(lambda: self.node_id(head) is not None, 120, "the head node to serve its dashboard", head)
         return head
 
     def add_node(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
                  object_store_mb: int = 150, wait: bool = True) -> Node:
-        expected = self.alive_nodes() + 1
         node = self._start(["--address", self.gcs_address], num_cpus, resources, object_store_mb)
         if wait:
-            self._wait(lambda: self.alive_nodes() >= expected, 90, f"node {len(self.nodes) - 1} to join", node)
+            self.wait_joined(node)
         return node
+
+    def wait_joined(self, node: Node, timeout: float = 120) -> None:
+        self._wait(lambda: self.node_id(node) is not None, timeout, f"{node.tag} to join", node)
 
     def _get(self, path: str) -> Any:
         req = urllib.request.Request(self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def alive_nodes(self) -> int:
+    def _rows(self, what: str) -> list[dict[str, Any]]:
         try:
-            body = self._get("/api/v0/nodes?limit=100")
+            body = self._get(f"/api/v0/{what}?limit=10000&detail=1")
         except (OSError, urllib.error.URLError, ValueError):
-            return 0
-        rows = body.get("data", {}).get("result", {}).get("result", [])
-        return sum(1 for r in rows if r.get("state") == "ALIVE")
+            return []
+        rows: list[dict[str, Any]] = body.get("data", {}).get("result", {}).get("result", [])
+        return rows
+
+    def node_id(self, node: Node) -> str | None:
+        """The Ray node id of a live node, None until it has joined (or once it is dead)."""
+        for row in self._rows("nodes"):
+            if row.get("state") == "ALIVE" and node.tag in (row.get("resources_total") or {}):
+                return str(row["node_id"])
+        return None
+
+    def actors_on(self, node: Node, class_name: str) -> list[dict[str, Any]]:
+        node_id = self.node_id(node)
+        return [a for a in self._rows("actors")
+                if a.get("state") == "ALIVE" and a.get("class_name") == class_name and a.get("node_id") == node_id]
 
     def _wait(self, ready: Any, timeout: float, what: str, node: Node) -> None:
         deadline = time.monotonic() + timeout
@@ -146,22 +200,17 @@ class LocalCluster:
         raise TimeoutError(f"timed out waiting for {what}:\n{node.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        """SIGTERM each node's group (``ray start --block`` then stops its processes), SIGKILL stragglers,
-        then kill any process still naming this cluster's temp dir (only ours), and delete the temp dir."""
+        """SIGKILL every node's process group, then any process still naming this cluster's temp dir
+        (ours alone: the dir is unique), and delete the temp dir. No ``ray stop``: it would kill
+        every Ray process on the machine."""
         for node in reversed(self.nodes):  # workers first, the head (GCS) last
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for node in self.nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(timeout=10)
-        for pid in self.stray_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            node.kill()
+        deadline = time.monotonic() + 15
+        while (strays := self.stray_pids()) and time.monotonic() < deadline:
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def stray_pids(self) -> list[int]:

@@ -204,7 +204,7 @@ def test_stl10_train_plus_unlabeled_concatenates_labelled_then_unlabeled(tmp_pat
 
 def test_stl10_rejects_an_unknown_split_naming_data_split(tmp_path: Path) -> None:
     write_stl10(tmp_path)
-    with pytest.raises(UserError, match="data.split"):
+    with pytest.raises(UserError, match=r"data\.split"):
         sources.load_torchvision("stl10", str(tmp_path), "test", download=False)
 
 
@@ -230,7 +230,7 @@ def test_mnist_idx_files_read_as_grayscale_repeated_to_rgb(tmp_path: Path, sourc
 def test_mnist_rejects_a_file_that_is_not_idx(tmp_path: Path) -> None:
     write_mnist(tmp_path, "MNIST", gz=False)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03garbage")
-    with pytest.raises(UserError, match="not an IDX file"):
+    with pytest.raises(UserError, match=r"not an IDX file"):
         sources.load_torchvision("mnist", str(tmp_path), "train", download=False)
 
 
@@ -239,7 +239,7 @@ def test_mnist_rejects_a_file_that_is_not_idx(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", sources.TORCHVISION_SOURCES)
 def test_missing_root_without_download_names_data_root_and_suggests_download(tmp_path: Path, source: str) -> None:
-    with pytest.raises(UserError, match="data.root") as info:
+    with pytest.raises(UserError, match=r"data\.root") as info:
         sources.load_torchvision(source, str(tmp_path / "nowhere"), "train", download=False)
     assert "data.download=true" in str(info.value)
 
@@ -247,11 +247,12 @@ def test_missing_root_without_download_names_data_root_and_suggests_download(tmp
 def test_cifar10_with_one_batch_missing_is_reported_missing(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
     os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_3")
-    with pytest.raises(UserError, match="data.root"):
+    with pytest.raises(UserError, match=r"data\.root"):
         sources.load_torchvision("cifar10", str(tmp_path), "train", download=False)
 
 
-def fake_torchvision(monkeypatch: pytest.MonkeyPatch, on_call: Callable[..., None]) -> list[tuple[str, str, Any]]:
+def fake_torchvision(monkeypatch: pytest.MonkeyPatch,
+                     on_call: Callable[[str, str], object]) -> list[tuple[str, str, Any]]:
     """Stand-in ``torchvision.datasets`` (no network, no torch import) that records each construction."""
     calls: list[tuple[str, str, Any]] = []
 
@@ -295,7 +296,7 @@ def test_download_failure_is_a_user_error_naming_data_download(tmp_path: Path,
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
     fake_torchvision(monkeypatch, offline)
-    with pytest.raises(UserError, match="data.download: could not download mnist"):
+    with pytest.raises(UserError, match=r"data\.download: could not download mnist"):
         sources.load_torchvision("mnist", str(tmp_path), "train", download=True)
 
 
@@ -362,9 +363,9 @@ def test_image_folder_labels_are_sorted_class_indices(tmp_path: Path) -> None:
 def test_image_folder_without_images_or_missing_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "x.txt").write_text("x")
-    with pytest.raises(UserError, match="data.root: no images"):
+    with pytest.raises(UserError, match=r"data\.root: no images"):
         sources.list_image_folder(str(tmp_path))
-    with pytest.raises(UserError, match="data.root"):
+    with pytest.raises(UserError, match=r"data\.root"):
         sources.list_image_folder(str(tmp_path / "missing"))
 
 
@@ -382,10 +383,10 @@ def test_image_files_by_folder_single_file_and_file_uri(tmp_path: Path) -> None:
 
 
 def test_image_files_missing_or_empty_is_a_user_error_naming_data_uri(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="data.uri: .* does not exist"):
+    with pytest.raises(UserError, match=r"data\.uri: .* does not exist"):
         sources.list_image_files(str(tmp_path / "missing"))
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(UserError, match="data.uri: no image files"):
+    with pytest.raises(UserError, match=r"data\.uri: no image files"):
         sources.list_image_files(str(tmp_path))
 
 
@@ -398,7 +399,7 @@ def test_parquet_location_checks_existence(tmp_path: Path) -> None:
     fs, resolved = sources.parquet_location(str(path))
     assert fs.get_file_info(resolved).size == path.stat().st_size
     sources.parquet_location(f"file://{path}")
-    with pytest.raises(UserError, match="data.uri: .* does not exist"):
+    with pytest.raises(UserError, match=r"data\.uri: .* does not exist"):
         sources.parquet_location(str(tmp_path / "nope.parquet"))
 
 
@@ -464,7 +465,7 @@ def test_bad_image_is_skipped_under_skip(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", list(bad_image_bytes()))
 def test_bad_image_under_fail_raises_naming_the_file_and_the_fix(kind: str) -> None:
-    with pytest.raises(BadImageError, match="unreadable image /data/cat/x.png: ") as info:
+    with pytest.raises(BadImageError, match=r"unreadable image /data/cat/x\.png: ") as info:
         sources.decode_or_none(bad_image_bytes()[kind], 8, "/data/cat/x.png", "fail")
     assert isinstance(info.value, UserError)
     assert "data.bad_images=skip" in str(info.value)

@@ -1,0 +1,47 @@
+"""`simclr submit train` against a real two-node Ray cluster with token auth, tracked in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from local_ray import TINY, LocalCluster, simclr
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import RUN_NAME_TAG
+
+
+def find_run(uri: str, name: str) -> object:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("simclr")
+    assert exp is not None, "the job created no MLflow experiment"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {name}, found {len(runs)}"
+    return runs[0]
+
+
+def test_submit_train_succeeds_on_two_nodes_and_logs_each_epoch_to_mlflow(
+        ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    epochs = 2
+    proc = simclr(["submit", "train", *TINY, "--epochs", str(epochs), "--workers", "2", "--name", "e2e",
+                   "--set", f"train.storage_path={tmp_path / 'runs'}", "--set", "train.cpus_per_worker=1",
+                   "--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file),
+                   "--tracking-uri", uri], client_env, tmp_path)
+
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    job_id = proc.stdout.strip().splitlines()[0]
+    assert job_id.startswith("raysubmit_"), proc.stdout
+    assert f"job {job_id} SUCCEEDED" in proc.stderr
+    assert "epoch 2/2 done" in proc.stderr  # the followed logs reached the client
+    assert ray_cluster.token not in proc.stdout + proc.stderr
+
+    run = find_run(uri, "e2e")
+    assert run.info.status == "FINISHED"  # type: ignore[attr-defined]
+    assert run.data.params["train.workers"] == "2"  # type: ignore[attr-defined]
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")  # type: ignore[attr-defined]
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+
+    listed = simclr(["jobs", "list", "--address", ray_cluster.dashboard_url, "--token-file",
+                     str(ray_cluster.token_file)], client_env, tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
