@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from orchestrator.errors import UserError
+from orchestrator.secrets import redact, redact_values
 from workloads.config import ConfigError
 from workloads.recipes import RECIPES
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pretrain one model (Ray Data -> Ray Train DDP -> MLflow)")
     config_flags(p)
     ray_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
@@ -84,13 +86,18 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator.config_io import resolve
 
     cfg = resolve(args.recipe, args.config, args.set, config_overrides(args))  # fail fast, before heavy imports
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(redact_values(cfg.to_dict()), sort_keys=False), end="", file=out)
+        return 0
     from orchestrator.train import train
 
     outcome = train(cfg, ray_options(args))
     if args.json:
         print(outcome.to_json(), file=out)
     else:
-        print(f"MLflow run:  {outcome.run_id} ({outcome.run_name}) at {outcome.tracking_uri}", file=out)
+        print(f"MLflow run:  {outcome.run_id} ({outcome.run_name}) at {redact(outcome.tracking_uri)}", file=out)
         print(f"checkpoint:  {outcome.checkpoint}", file=out)
         for key, value in sorted(outcome.metrics.items()):
             print(f"{key:>18}: {value:.4f}", file=out)
@@ -142,8 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UserError) as err:
         print(f"simclr: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("simclr: interrupted", file=sys.stderr)
+    except Exception as err:
+        if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
+            raise  # a bug: keep the traceback
+        from orchestrator.train import failure_message
+
+        print(f"simclr: training failed: {redact(failure_message(err))} (worker logs above)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        print(f"simclr: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
 
 

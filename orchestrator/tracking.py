@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import UserError
+from orchestrator.secrets import redact
 
 RUN_NAME_TAG = "simclr.run_name"
 EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
@@ -49,6 +50,8 @@ def client_for(uri: str) -> MlflowClient:
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The experiment's id, created (with its artifact location set) when missing."""
+    if urlparse(uri).scheme in ("http", "https"):
+        probe_server(uri)
     try:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
@@ -56,7 +59,18 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
     except Exception as err:  # MlflowException, connection errors, sqlite errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"tracking.uri: cannot reach the MLflow store at {uri}: {first[:300]}") from err
+        raise UserError(f"tracking.uri: cannot reach the MLflow store at {redact(uri)}: {redact(first)[:300]}") from err
+
+
+def probe_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when no tracking server answers."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as err:
+        raise UserError(f"tracking.uri: no MLflow server answers at {redact(uri)} ({type(err).__name__}); "
+                        f"start it, or use a local store such as --tracking-uri sqlite:///mlflow.db") from err
 
 
 def find_run(client: MlflowClient, exp_id: str, run_name: str, parent_id: str = "") -> Any | None:
@@ -81,7 +95,7 @@ def reopen_run(client: MlflowClient, run_id: str) -> None:
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
@@ -89,7 +103,8 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
 def end_run(client: MlflowClient, run_id: str, status: str, error: str = "") -> None:
     """FINISHED / FAILED / KILLED; a failure's reason goes in the ``error`` tag (one line)."""
     if error:
-        client.set_tag(run_id, "error", error.strip().splitlines()[-1][:5000] if error.strip() else error)
+        line = error.strip().splitlines()[-1] if error.strip() else error
+        client.set_tag(run_id, "error", redact(line)[:5000])
     client.set_terminated(run_id, status=status)
 
 

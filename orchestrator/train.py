@@ -29,10 +29,16 @@ from ray.train.torch import TorchTrainer
 from orchestrator import plots, sources, tracking
 from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
 from orchestrator.errors import UserError
+from orchestrator.interrupt import StopFlag, run_interruptibly
+from orchestrator.secrets import redact, redact_values
 from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
 from workloads.config import Config, TrainConfig
 
 COMPLETE_TAG = "simclr.complete"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the workers saved a checkpoint and stopped; the run can be resumed by name."""
 
 
 @dataclass
@@ -55,7 +61,7 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        return json.dumps({**self.__dict__, "tracking_uri": redact(self.tracking_uri)}, sort_keys=True)
 
 
 @contextmanager
@@ -182,8 +188,8 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
         try:
             outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id, callbacks)
-        except KeyboardInterrupt:
-            tracking.end_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as err:
+            tracking.end_run(client, run_id, "KILLED", str(err) or "interrupted (Ctrl-C)")
             raise
         except BaseException as err:
             tracking.end_run(client, run_id, "FAILED", failure_message(err))
@@ -210,19 +216,22 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.yaml")
         with open(config_path, "w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+            yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
         client.log_artifact(run_id, config_path)
         sample = train_ds.take_batch(16, batch_format="numpy")
         grid = os.path.join(tmp, "augmented_views.png")
         plots.views_grid(torch.as_tensor(sample["view0"].copy()), torch.as_tensor(sample["view1"].copy()), grid)
         client.log_artifact(run_id, grid, "plots")
-    tracking.log_params(client, run_id, {"data.num_train": data.num_train, "data.bad_images_skipped": data.bad_images,
-                                         "data.num_classes": data.num_classes, "train.steps_per_epoch": steps})
+    # facts of the data as read (the config's own fields are under data.*)
+    tracking.log_params(client, run_id, {"dataset.num_train": data.num_train, "dataset.num_classes": data.num_classes,
+                                         "dataset.bad_images_skipped": data.bad_images,
+                                         "dataset.steps_per_epoch": steps})
     if data.bad_images > 0:
         client.log_metric(run_id, "bad_images_skipped", data.bad_images)
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
+    stop_flag = StopFlag.remote()  # type: ignore[attr-defined]
     resources: dict[str, float] = {"CPU": cpw}
     if cfg.train.use_gpu:
         resources["GPU"] = 1.0
@@ -231,6 +240,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
         train_loop_config={"cfg": cfg.to_dict(), "meta": {
             "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
             "num_classes": data.num_classes if "eval_bank" in datasets else 0,
+            "stop_flag": stop_flag,
         }},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
@@ -239,41 +249,41 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=list(callbacks),
-        ),
+            # rank 0 logs metrics: fail fast when the tracking server is away (records are re-sent later)
+            worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}},
+        ),  # type: ignore[call-arg]  # the stubs see Train V1's RunConfig; V2's takes worker_runtime_env
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    result, stopped = run_interruptibly(trainer.fit, stop_flag)
+    if stopped:
+        where = result.checkpoint.path if result.checkpoint else "-"
+        raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
-    history = _epoch_history(client, run_id)
-    complete = bool(history) and max(int(r["epoch"]) for r in history) >= cfg.train.epochs
+    with result.checkpoint.as_directory() as d:
+        payload = load_state_file(d)
+    # whatever rank 0 could not send while the tracking server was away (idempotent)
+    tracking.log_history(client, run_id, payload["history"])
+    tracking.log_history(client, run_id, payload["step_history"], step_key="global_step")
+    complete = int(payload["epoch"]) >= cfg.train.epochs
     with tempfile.TemporaryDirectory() as tmp:
         curves = os.path.join(tmp, "curves.png")
-        plots.curves(history, curves)
+        plots.curves(payload["history"], curves)
         if os.path.exists(curves):
             client.log_artifact(run_id, curves, "plots")
     if complete:
-        log_encoder(result.checkpoint, run_id, uri, cfg)
+        log_encoder(payload, run_id, uri, cfg)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
 
 
-def _epoch_history(client: Any, run_id: str) -> list[dict[str, float]]:
-    by_epoch: dict[int, dict[str, float]] = {}
-    for key in ("loss", "knn_top1"):
-        for m in client.get_metric_history(run_id, key):
-            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def log_encoder(checkpoint: ray.train.Checkpoint, run_id: str, uri: str, cfg: Config) -> None:
+def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
     """The trained backbone (features before the head) as an MLflow PyTorch model of the run."""
     import mlflow
     import mlflow.pytorch
 
-    with checkpoint.as_directory() as d:
-        payload = load_state_file(d)
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
     encoder = model.encoder.eval()

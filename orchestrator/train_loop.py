@@ -14,15 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from orchestrator import tracking
+from orchestrator import faults, tracking
 from orchestrator.data import normalize
 from orchestrator.evaluation import LabelledImages, evaluate
+from orchestrator.secrets import redact
 from workloads.config import Config
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.simclr.loss import nt_xent
@@ -33,6 +35,10 @@ STATE_FILE = "state.pt"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder without a complete state file."""
 
 
 @dataclass
@@ -83,11 +89,22 @@ def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, st
         payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     tmp = os.path.join(path, STATE_FILE + ".tmp")
     torch.save(payload, tmp)
+    if faults.fires("die_in_checkpoint", state.epoch):  # killed between writing and publishing
+        os._exit(1)
     os.replace(tmp, os.path.join(path, STATE_FILE))
 
 
 def load_state_file(path: str) -> dict[str, Any]:
-    payload: dict[str, Any] = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+    """Load a checkpoint's state; a missing or truncated file is an error, never half a state."""
+    file = os.path.join(path, STATE_FILE)
+    try:
+        payload: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"checkpoint {path!r} is incomplete or unreadable ({err}); "
+                              f"use an earlier checkpoint of the run") from err
+    missing = {"model", "optimizer", "epoch", "global_step", "config", "run_id"} - set(payload)
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} lacks {sorted(missing)}; use an earlier checkpoint of the run")
     return payload
 
 
@@ -103,7 +120,7 @@ def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
 def log(msg: str) -> None:
     """A progress line on stderr (stdout stays clean for --json). Written directly: Ray Train patches
     ``print`` on workers to go through the root logger, which shows each line twice."""
-    sys.stderr.write(msg + "\n")
+    sys.stderr.write(redact(msg) + "\n")
     sys.stderr.flush()
 
 
@@ -141,8 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_id: str = meta["run_id"]
     client = tracking.client_for(meta["tracking_uri"]) if rank == 0 else None
     if client is not None and state.history:  # epochs checkpointed before a crash but not yet in MLflow
-        tracking.log_history(client, run_id, state.history)
-        tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+        _flush(client, run_id, state)
 
     num_classes: int = meta["num_classes"]
     evaluating = rank == 0 and num_classes > 0
@@ -163,6 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_epoch = min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs)
     shard = ray.train.get_dataset_shard("train")
     autocast_ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    stop_flag = meta.get("stop_flag")
 
     for epoch in range(state.epoch + 1, last_epoch + 1):
         model.train()
@@ -187,6 +204,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 z = forward(x)  # 2B x D
             z0, z1 = z.chunk(2)  # B x D each
             loss = nt_xent(z0, z1, cfg.loss.temperature, gather=cfg.loss.gather)
+            if faults.fires("nan_loss", epoch, steps + 1):
+                loss = loss * float("nan")
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}; "
@@ -206,6 +225,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 elapsed = time.perf_counter() - start
                 log(f"epoch {epoch}/{cfg.train.epochs} step {steps}/{steps_per_epoch} loss {step_loss:.4f} "
                     f"lr {lr:.4g} {steps * cfg.train.batch_size / max(elapsed, 1e-9):.0f} img/s")
+            if stop_flag is not None and state.global_step % cfg.train.log_every_steps == 0 and _stop_asked(
+                    stop_flag, rank, world, device):
+                _stop(epoch, steps, steps_per_epoch, core, optimizer, state, cfg, run_id, rank)
+                return
             tick = time.perf_counter()
         seconds = time.perf_counter() - start
         if steps == 0:
@@ -227,7 +250,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             record.update(evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16,
                                    linear=final, embedding_png=png))
             if client is not None and png:
-                client.log_artifact(run_id, png, "plots")
+                try:
+                    client.log_artifact(run_id, png, "plots")
+                except Exception as err:  # the tracking server may be away; training goes on
+                    log(f"MLflow: could not log the embedding plot ({redact(str(err))[:200]})")
         state.epoch = epoch
         state.history.append(record)
         if rank == 0:
@@ -236,12 +262,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save = epoch % cfg.train.checkpoint_every == 0 or epoch == last_epoch
         _report(record, save and rank == 0, core, optimizer, state, cfg, run_id)
         if client is not None and save:
-            tracking.log_history(client, run_id, state.history)
-            tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+            _flush(client, run_id, state)
 
 
 def _report(record: dict[str, float], with_checkpoint: bool, model: nn.Module,
-            optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config, run_id: str) -> None:
+            optimizer: torch.optim.Optimizer, state: TrainState, cfg: Config, run_id: str, dir_name: str = "") -> None:
     """Every worker reports (it is a barrier); rank 0 attaches the checkpoint when one is due."""
     if not with_checkpoint:
         ray.train.report(record)
@@ -249,7 +274,37 @@ def _report(record: dict[str, float], with_checkpoint: bool, model: nn.Module,
     with tempfile.TemporaryDirectory() as d:
         save_state(d, model, optimizer, state, cfg, run_id)
         ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d),
-                         checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:05d}")
+                         checkpoint_dir_name=dir_name or f"checkpoint_epoch_{state.epoch:05d}")
+
+
+def _flush(client: Any, run_id: str, state: TrainState) -> None:
+    """Send checkpointed epochs MLflow lacks. When the server is away, training goes on: the records
+    stay in the checkpoint and are re-sent at the next checkpoint (and by the driver at the end)."""
+    try:
+        tracking.log_history(client, run_id, state.history)
+        tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+    except Exception as err:  # MlflowException, connection errors: never stop training for metrics
+        log(f"MLflow unreachable ({redact(str(err)).splitlines()[0][:200]}); "
+            f"epochs up to {state.epoch} are kept in the checkpoint and re-sent later")
+
+
+def _stop_asked(flag: Any, rank: int, world: int, device: torch.device) -> bool:
+    """Rank 0 reads the driver's flag; every rank learns the answer at the same step."""
+    asked = torch.tensor([1.0 if rank == 0 and ray.get(flag.is_set.remote()) else 0.0], device=device)
+    if world > 1:
+        dist.all_reduce(asked)
+    return bool(asked.item() > 0)
+
+
+def _stop(epoch: int, steps: int, steps_per_epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+          state: TrainState, cfg: Config, run_id: str, rank: int) -> None:
+    """Checkpoint mid-epoch and return: the interrupted epoch is redone on resume, from its first step
+    (the schedule restarts at the epoch's first step; the weights keep what the partial epoch learnt)."""
+    state.global_step = state.epoch * steps_per_epoch
+    if rank == 0:
+        log(f"stopped at epoch {epoch}, step {steps}: checkpoint saved; run again with the same name to resume")
+    _report({"epoch": float(state.epoch), "interrupted": 1.0}, rank == 0, model, optimizer, state, cfg, run_id,
+            dir_name=f"checkpoint_epoch_{state.epoch:05d}_stopped_{epoch:05d}_{steps:06d}")
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

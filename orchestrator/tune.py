@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -546,11 +547,34 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
     return dims
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_ray_for_tune(num_cpus: int = 0, object_store_mb: int = 0) -> None:
+    """A local Ray *with its dashboard*, whose workers know where its State API is.
+
+    Train V2's PlacementGroupCleaner asks the State API whether a trial's TorchTrainer controller died
+    and then frees its workers' placement group; without it, every trial ASHA stops keeps its CPUs
+    and the next trial waits forever (ENVIRONMENT.md). The cleaner finds the API from inside a worker;
+    with several Ray instances on one machine that lookup fails ("Found multiple active Ray
+    instances"), so the job's runtime_env names the dashboard's address (RAY_API_SERVER_ADDRESS).
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mem = object_store_mb * 2**20 or min(int(0.3 * total), 4 * 2**30)
+    port = _free_port()
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=mem,
+             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
 @contextmanager
 def tune_session(opts: RayOptions) -> Iterator[None]:
-    """Connect to Ray or start a local one *with its dashboard*: Train V2's PlacementGroupCleaner asks
-    the State API whether a trial's controller died; without it, trials that ASHA stops leave their
-    placement groups behind and later trials never start (ENVIRONMENT.md)."""
+    """Use the Ray this process is connected to, else connect to ``--address``, else start one
+    (``start_ray_for_tune``); shut down only what this call started."""
     if ray.is_initialized():
         yield
         return
@@ -559,10 +583,7 @@ def tune_session(opts: RayOptions) -> Iterator[None]:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            mem = opts.object_store_mb * 2**20 or min(int(0.3 * total), 4 * 2**30)
-            ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), object_store_memory=mem,
-                     include_dashboard=True, log_to_driver=True)
+            start_ray_for_tune(opts.num_cpus, opts.object_store_mb)
     except ConnectionError as err:
         raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
     try:

@@ -36,6 +36,20 @@ TINY = ["--set", "data.source=synthetic", "--set", "data.num_samples=128", "--se
         "--set", "eval.linear_probe_epochs=0"]
 
 
+def find_run(uri: str, name: str) -> Any:
+    """The one MLflow run of experiment "simclr" named ``name``."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import RUN_NAME_TAG
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("simclr")
+    assert exp is not None, "the job created no MLflow experiment"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {name}, found {len(runs)}"
+    return runs[0]
+
+
 def simclr(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the `simclr` CLI as a user would, in its own process."""
     return subprocess.run([SIMCLR, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
@@ -106,7 +120,6 @@ class LocalCluster:
         self.token_file = self.home / ".ray" / "auth_token"
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
-        self.temp_dir = self.root / "t"
 
     @property
     def dashboard_url(self) -> str:
@@ -129,8 +142,11 @@ class LocalCluster:
                object_store_mb: int) -> Node:
         tag = f"node_tag_{len(self.nodes)}"
         log_path = self.root / f"{tag}.log"
+        # Each node its own temp dir, as on separate machines: nodes sharing one would share (and
+        # garbage-collect under each other) the unpacked runtime_env working_dir of running jobs.
+        temp_dir = self.root / f"t{len(self.nodes)}"
         cmd = [os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
-               "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(self.temp_dir),
+               "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir),
                "--object-store-memory", str(object_store_mb * 2**20),
                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -214,8 +230,8 @@ class LocalCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def stray_pids(self) -> list[int]:
-        """Processes (ours: their command line names this cluster's unique temp dir) still alive."""
-        marker = str(self.temp_dir)
+        """Processes (ours: their command line names this cluster's unique root dir) still alive."""
+        marker = str(self.root) + "/"
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from local_ray import TINY, LocalCluster, simclr
+from local_ray import TINY, LocalCluster, find_run, simclr
 from mlflow.tracking import MlflowClient
-
-from orchestrator.tracking import RUN_NAME_TAG
-
-
-def find_run(uri: str, name: str) -> object:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("simclr")
-    assert exp is not None, "the job created no MLflow experiment"
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
-    assert len(runs) == 1, f"expected one MLflow run named {name}, found {len(runs)}"
-    return runs[0]
 
 
 def test_submit_train_succeeds_on_two_nodes_and_logs_each_epoch_to_mlflow(
@@ -36,9 +25,9 @@ def test_submit_train_succeeds_on_two_nodes_and_logs_each_epoch_to_mlflow(
     assert ray_cluster.token not in proc.stdout + proc.stderr
 
     run = find_run(uri, "e2e")
-    assert run.info.status == "FINISHED"  # type: ignore[attr-defined]
-    assert run.data.params["train.workers"] == "2"  # type: ignore[attr-defined]
-    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")  # type: ignore[attr-defined]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.workers"] == "2"
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, epochs + 1))
 
     listed = simclr(["jobs", "list", "--address", ray_cluster.dashboard_url, "--token-file",

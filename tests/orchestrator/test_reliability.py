@@ -1,0 +1,315 @@
+"""Faults and bad input, with nothing lost: each test drives the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import tiny_sets
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from orchestrator.train_loop import STATE_FILE, CheckpointError, load_state_file
+
+SECRET = "s3cr3t-Do-Not-Log-9f2"
+
+
+def cli(tmp: Path, *args: str, uri: str = "", env: dict[str, str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), *args,
+            "--tracking-uri", uri or f"sqlite:///{tmp}/mlflow.db", "--set", f"train.storage_path={tmp}/runs",
+            "--num-cpus", "2", "--object-store-mb", "300"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "SIMCLR_FAULTS")}
+    env.update(extra)
+    return env
+
+
+class Watched:
+    """A subprocess whose stderr is collected by a thread; wait for lines, then for the exit."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in ln for ln in self.lines):
+                return
+            if self.proc.poll() is not None:
+                time.sleep(0.5)
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"never saw {text!r}; stderr tail:\n{''.join(self.lines[-40:])}")
+
+    def finish(self, timeout: float = 900) -> tuple[int, str, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, out, "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def simclr_lines(stderr: str) -> list[str]:
+    """The CLI's own message lines; Ray's progress bars may put cursor escapes before them, and its
+    forwarded worker logs may come after them."""
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr)
+    return [ln[ln.index("simclr: "):] for ln in plain.splitlines() if "simclr: " in ln]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def loss_steps(uri: str) -> tuple[MlflowClient, object, list[int]]:
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("simclr").experiment_id])
+    return client, run, [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_partial_or_truncated_checkpoint_is_never_loaded(tmp_path: Path) -> None:
+    only_tmp = tmp_path / "a"
+    only_tmp.mkdir()
+    (only_tmp / (STATE_FILE + ".tmp")).write_bytes(b"half a file")
+    with pytest.raises(CheckpointError, match="incomplete or unreadable"):
+        load_state_file(str(only_tmp))
+    truncated = tmp_path / "b"
+    truncated.mkdir()
+    import torch
+
+    torch.save({"model": {"w": torch.ones(1000)}, "epoch": 1}, truncated / STATE_FILE)
+    data = (truncated / STATE_FILE).read_bytes()
+    (truncated / STATE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_state_file(str(truncated))
+    partial_keys = tmp_path / "c"
+    partial_keys.mkdir()
+    torch.save({"model": {}, "epoch": 1}, partial_keys / STATE_FILE)
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_state_file(str(partial_keys))
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path: Path) -> None:
+    env = clean_env(SIMCLR_FAULTS="die_in_checkpoint@2", SIMCLR_FAULTS_DIR=str(tmp_path / "faults"))
+    proc = subprocess.run(cli(tmp_path, "--epochs", "3", "--name", "ckpt", "--set", "train.max_failures=1"),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resumed from" in proc.stderr and "checkpoint_epoch_00001 after epoch 1" in proc.stderr
+    _, run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    assert run.info.status == "FINISHED"
+    assert steps == [1, 2, 3]  # epoch 2 retrained once after the restart, logged once
+
+
+def test_train_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(tmp_path: Path) -> None:
+    run = Watched(cli(tmp_path, "--epochs", "4", "--name", "kill", "--set", "train.max_failures=1"),
+                  tmp_path, clean_env())
+    try:
+        run.wait_for("epoch 2/4 step 2/")
+        workers = [p for p in descendants(run.proc.pid) if "RayTrainWorker" in cmdline(p)]
+        assert workers, "no train worker process found"
+        os.kill(workers[-1], signal.SIGKILL)
+        code, _, err = run.finish()
+    finally:
+        run.kill()
+    assert code == 0, err[-4000:]
+    assert "resumed from" in err and "after epoch 1" in err
+    _, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    assert mlflow_run.info.status == "FINISHED"
+    assert steps == [1, 2, 3, 4]
+
+
+# --- non-finite loss, bad images, secrets ----------------------------------------------------------------
+
+
+def write_tree_with_bad_images(root: Path) -> int:
+    for c, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.new("RGB", (20, 18), (100 * c, 6 * i, 200 - 4 * i)).save(root / cls / f"{i}.png")
+    (root / "a" / "zero.png").write_bytes(b"")
+    (root / "b" / "text.jpg").write_text("this is not a jpeg")
+    good = root / "a" / "0.png"
+    (root / "b" / "truncated.png").write_bytes(good.read_bytes()[:40])
+    return 3
+
+
+def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_logs_no_secret(
+        tmp_path: Path) -> None:
+    bad = write_tree_with_bad_images(tmp_path / "tree")
+    env = clean_env(SIMCLR_FAULTS="nan_loss@2.1", AWS_SECRET_ACCESS_KEY=SECRET)
+    args = ["--epochs", "3", "--name", "nan", "--set", "data.source=imagefolder", "--set",
+            f"data.root={tmp_path / 'tree'}", "--set", "data.bad_images=skip", "--set",
+            f"data.uri=s3://AKIAEXAMPLE:{SECRET}@bucket/unused?X-Amz-Signature={SECRET}"]
+    proc = subprocess.run(cli(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    (line,) = simclr_lines(proc.stderr)
+    assert line.startswith("simclr: training failed: non-finite loss") and "epoch 2, step 1" in line
+    client, run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    assert run.info.status == "FAILED"
+    assert "epoch 2, step 1" in run.data.tags["error"]
+    assert steps == [1]
+    state = load_state_file(str(tmp_path / "runs" / "nan" / "checkpoint_epoch_00001"))
+    assert state["epoch"] == 1
+    # bad images: skipped and counted
+    assert run.data.params["dataset.bad_images_skipped"] == str(bad)
+    assert run.data.metrics["bad_images_skipped"] == bad
+    # secrets: nowhere in params, tags, the config artifact or the logs
+    assert SECRET not in proc.stderr + proc.stdout
+    assert all(SECRET not in v for v in [*run.data.params.values(), *run.data.tags.values()])
+    assert run.data.params["data.uri"].startswith("s3://***@bucket/unused")
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert SECRET not in Path(config).read_text()
+
+
+# --- MLflow away -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def mlflow_server(tmp: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+         "--artifacts-destination", str(tmp / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def test_unreachable_tracking_server_is_a_one_line_error_before_any_work(tmp_path: Path) -> None:
+    start = time.time()
+    proc = subprocess.run(cli(tmp_path, uri=f"http://127.0.0.1:{free_port()}"), cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    (line,) = simclr_lines(proc.stderr)
+    assert line.startswith("simclr: error: tracking.uri: no MLflow server answers")
+    assert "Started a local Ray" not in proc.stderr  # refused before Ray started
+    assert time.time() - start < 60
+
+
+def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(tmp_path, port):
+        run = Watched(cli(tmp_path, "--epochs", "4", "--name", "away", uri=uri), tmp_path, clean_env())
+        try:
+            run.wait_for("epoch 1/4 done")
+        except BaseException:
+            run.kill()
+            raise
+    try:  # the server is down now: epochs 2 (and maybe 3) cannot be logged
+        run.wait_for("MLflow unreachable")
+        with mlflow_server(tmp_path, port):
+            code, _, err = run.finish()
+            assert code == 0, err[-4000:]
+            client = MlflowClient(uri)
+            (mlflow_run,) = client.search_runs([client.get_experiment_by_name("simclr").experiment_id])
+            steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
+            knn = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "knn_top1")]
+            assert mlflow_run.info.status == "FINISHED"
+    finally:
+        run.kill()
+    assert steps == [1, 2, 3, 4]
+    assert knn == [0, 1, 2, 3, 4]
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_checkpoints_marks_the_run_killed_and_shuts_ray_down(tmp_path: Path) -> None:
+    run = Watched(cli(tmp_path, "--epochs", "30", "--name", "cc"), tmp_path, clean_env())
+    try:
+        run.wait_for("epoch 1/30 done")
+        ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
+        assert ray_procs
+        os.kill(run.proc.pid, signal.SIGINT)
+        code, out, err = run.finish(timeout=300)
+    finally:
+        run.kill()
+    assert code == 130, err[-3000:]
+    (line,) = simclr_lines(err)
+    assert line.startswith("simclr: interrupted: stopped with a checkpoint")
+    client, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    assert mlflow_run.info.status == "KILLED"
+    stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
+    assert len(stopped) == 1
+    assert load_state_file(str(tmp_path / "runs" / "cc" / stopped[0]))["epoch"] >= 1
+    deadline = time.time() + 30
+    while any(alive(p) for p in ray_procs) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(alive(p) for p in ray_procs), "Ray processes left running"

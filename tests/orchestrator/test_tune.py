@@ -1,0 +1,263 @@
+"""``simclr tune``: search-space parsing, resource planning, and a real sweep on a small local Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import TrialScheduler
+
+from orchestrator import cli, tune
+from orchestrator.errors import UserError
+from orchestrator.tune_cli import resolve_with_search
+from workloads.config import Config, ConfigError, TrainConfig
+
+# --- search space -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "kind", "args"), [
+    ("loss.temperature=loguniform(0.05,1.0)", "loguniform", (0.05, 1.0)),
+    ("aug.strength=uniform(0.25, 1.5)", "uniform", (0.25, 1.5)),
+    ("aug.min_scale=choice(0.08,0.2,0.5)", "choice", (0.08, 0.2, 0.5)),
+    ("loss.temperature=grid(0.1,0.2,0.5)", "grid", (0.1, 0.2, 0.5)),
+    ("loss.temperature=grid(1e-3, 2E-1)", "grid", (0.001, 0.2)),  # YAML 1.1 reads 1e-3 as a string
+    ("train.batch_size=randint(16,65)", "randint", (16, 65)),
+    ("model.widths=choice([8,16],[16,32])", "choice", ([8, 16], [16, 32])),
+])
+def test_search_expressions_parse_to_their_kind_and_values(text: str, kind: str, args: tuple[Any, ...]) -> None:
+    dims = tune.parse_search([text])
+    (dim,) = dims.values()
+    assert (dim.kind, dim.args) == (kind, args)
+    assert tune.parse_dimension(dim.key, dim.expr) == dim  # the expression round-trips (spec file, MLflow)
+
+
+@pytest.mark.parametrize("text", [
+    "loss.temperature", "loss.temperature=loguniform(0.05)", "loss.temperature=loguniform(0,1)",
+    "loss.temperature=uniform(1,0.5)", "loss.temperature=normal(0,1)", "loss.temperature=grid()",
+    "loss.temperature=grid(0.1,[)", "=grid(1,2)", "loss..temperature=grid(1,2)", "train.batch_size=randint(1.5,3)",
+])
+def test_malformed_search_expressions_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        tune.parse_search([text])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("loss.temprature=grid(0.1,0.2)", "unknown key 'loss.temprature'"),
+    ("losses.temperature=grid(0.1,0.2)", "unknown key 'losses'"),
+    ("loss.temperature=grid(0.1,-1)", "loss.temperature must be > 0"),
+    ("aug.strength=uniform(0.5,9)", "aug.strength must be in [0, 4]"),  # the upper bound is probed too
+    ("train.workers=grid(1,2)", "fixed for the whole sweep"),
+    ("train.epochs=grid(2,4)", "fixed for the whole sweep"),
+])
+def test_search_keys_and_values_are_validated_against_config(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        tune.validate_space(Config(), tune.parse_search([text]), "random")
+
+
+def test_optuna_refuses_grid_and_grid_alg_refuses_continuous_values() -> None:
+    with pytest.raises(ConfigError, match="optuna does not take grid"):
+        tune.validate_space(Config(), tune.parse_search(["loss.temperature=grid(0.1,0.2)"]), "optuna")
+    with pytest.raises(ConfigError, match="grid needs grid"):
+        tune.validate_space(Config(), tune.parse_search(["loss.temperature=uniform(0.1,0.2)"]), "grid")
+
+
+def test_grid_search_alg_expands_choice_into_every_value() -> None:
+    space = tune.param_space(tune.parse_search(["aug.min_scale=choice(0.08,0.2)"]), "grid")
+    assert space == {"aug.min_scale": {"grid_search": [0.08, 0.2]}}
+
+
+def test_malformed_search_on_the_command_line_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["tune", "--search", "loss.temperature=loguniform(0.05)"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR
+    assert err.count("\n") == 1 and err.startswith("simclr: error: --search loss.temperature=loguniform(0.05)")
+
+
+def test_unknown_search_key_on_the_command_line_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["tune", "--search", "loss.temprature=grid(0.1,0.2)"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR
+    assert err.count("\n") == 1 and "unknown key 'loss.temprature'" in err
+
+
+def test_search_section_of_the_config_file_is_read_and_kept_out_of_config(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("recipe: digits\nloss: {temperature: 0.3}\n"
+                    "search:\n  loss.temperature: loguniform(0.05, 1.0)\n  aug: {min_scale: 'choice(0.08, 0.2)'}\n")
+    cfg, texts = resolve_with_search("", str(path), ["aug.strength=0.7"], {"train.epochs": 3})
+    assert (cfg.loss.temperature, cfg.aug.strength, cfg.train.epochs) == (0.3, 0.7, 3)
+    dims = tune.parse_search(texts)
+    assert {k: d.kind for k, d in dims.items()} == {"loss.temperature": "loguniform", "aug.min_scale": "choice"}
+
+
+def test_default_metric_follows_the_labels() -> None:
+    labelled = Config().replace({"data.source": "synthetic", "data.holdout_fraction": 0.2})
+    unlabelled = labelled.replace({"data.holdout_fraction": 0.0})
+    assert tune.metric_and_mode(labelled, tune.TuneOptions()) == ("knn_top1", "max")
+    assert tune.metric_and_mode(unlabelled, tune.TuneOptions()) == ("loss", "min")
+    with pytest.raises(UserError, match="no held-out labels"):
+        tune.prepare_sweep(unlabelled, tune.TuneOptions(metric="knn_top1"))
+    with pytest.raises(UserError, match="every epoch"):
+        tune.prepare_sweep(labelled.replace({"eval.every_epochs": 2}), tune.TuneOptions())
+
+
+# --- resources ------------------------------------------------------------------------------------------
+
+
+def test_two_cpus_run_one_trial_at_a_time_and_leave_a_cpu_for_ray_data() -> None:
+    plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=2, gpus=0)
+    assert (plan.max_concurrent, plan.cpus_per_worker) == (1, 0.9)
+    assert plan.max_concurrent * plan.cpus_per_trial <= 2 - 1 + 1e-9
+
+
+def test_max_concurrent_shares_the_cpus_not_kept_for_data() -> None:
+    plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=2, gpus=0, max_concurrent=2)
+    assert (plan.max_concurrent, plan.cpus_per_worker) == (2, 0.4)
+    plan = tune.plan_resources(TrainConfig(workers=2, batch_size=32), cpus=16, gpus=0)
+    assert plan.max_concurrent * plan.cpus_per_trial <= 16 - 4 + 1e-9 and plan.cpus_per_worker >= 1
+
+
+@pytest.mark.parametrize(("train", "cpus", "gpus", "max_concurrent", "message"), [
+    (TrainConfig(workers=1, batch_size=32), 2, 0, 6, "leave"),  # 6 trials on the 1 free CPU
+    (TrainConfig(workers=1, batch_size=32, cpus_per_worker=2), 2, 0, 0, "need"),
+    (TrainConfig(workers=2, batch_size=32, cpus_per_worker=1), 8, 0, 4, "need"),
+    (TrainConfig(workers=2, batch_size=32, use_gpu=True), 8, 1, 0, "GPUs"),
+])
+def test_trials_that_cannot_fit_are_refused_up_front(train: TrainConfig, cpus: float, gpus: float,
+                                                      max_concurrent: int, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        tune.plan_resources(train, cpus, gpus, max_concurrent)
+
+
+# --- scheduler, best trial --------------------------------------------------------------------------------
+
+
+def test_asha_stops_a_weak_trial_at_a_rung_but_never_at_its_last_epoch() -> None:
+    sched = tune.SimclrASHA(max_t=4, grace_period=1, reduction_factor=2)
+    sched.set_search_properties("loss", "min")
+    controller: Any = None
+    good, weak, late = (SimpleNamespace(trial_id=i) for i in ("a", "b", "c"))
+    trial: Any
+    for trial in (good, weak, late):
+        sched.on_trial_add(controller, trial)
+    assert sched.on_trial_result(None, good, {"epoch": 1, "loss": 1.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, weak, {"epoch": 1, "loss": 5.0}) == TrialScheduler.STOP
+    # Ray's ASHA stops every trial at max_t, killing it while train() writes its final artifacts.
+    assert sched.on_trial_result(None, late, {"epoch": 4, "loss": 9.0}) == TrialScheduler.CONTINUE
+
+
+def test_best_trial_prefers_completed_trials() -> None:
+    def trial(i: str, status: str, loss: float) -> tune.TrialSummary:
+        return tune.TrialSummary(i, f"s-{i}", status, {"loss.temperature": 0.1}, {"loss": loss})
+
+    trials = [trial("a", "completed", 3.0), trial("b", "stopped_early", 1.0), trial("c", "failed", 0.5),
+              trial("d", "completed", 2.0)]
+    best = tune.best_trial(trials, "loss", "min")
+    assert best is not None and best.trial_id == "d"
+    best = tune.best_trial(trials[1:3], "loss", "min")
+    assert best is not None and best.trial_id == "b"
+
+
+# --- a real sweep -------------------------------------------------------------------------------------------
+
+# 4 epochs of ~200 synthetic 16 px images, one worker per trial, two trials at a time on 2 CPUs.
+SWEEP_SETS = {
+    "data.source": "synthetic", "data.num_samples": 256, "data.image_size": 16, "data.augment_batch_size": 64,
+    "model.widths": [8, 16], "model.blocks": [1, 1], "model.proj_dim": 16, "train.batch_size": 32,
+    "train.workers": 1, "train.log_every_steps": 3, "eval.knn_k": 20, "eval.linear_probe_epochs": 0,
+    "optim.warmup_epochs": 0,
+}
+# Four temperatures in grid order (the trials start in this order, two at a time). The loss is the metric
+# here because it is nearly a function of the temperature: at tau=3 every logit is within +-1/3, so its
+# loss stays near log(63) = 4.14 while the low temperatures' falls, and ASHA's rung-1 comparison of the
+# tau=3 trial against the first two trials stops it whatever the noise. tau=1e-300 passes validation
+# (> 0) but is 0 in float32: that trial's first loss is NaN and it fails inside the trial.
+TEMPERATURES = (0.1, 0.15, 1e-300, 3.0)
+FAILING = 1e-300
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One 4-trial ASHA sweep through the CLI (``--json``) on a local Ray of 2 CPUs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    args = ["tune", "--name", "sw", "--epochs", "4", "--tracking-uri", uri,
+            "--set", f"train.storage_path={tmp}/runs",
+            "--search", f"loss.temperature=grid({','.join(repr(t) for t in TEMPERATURES)})", "--num-samples", "1",
+            "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2", "--metric", "loss",
+            "--max-concurrent", "2", "--json"]
+    for key, value in SWEEP_SETS.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    ns = cli.build_parser().parse_args(args)
+    out = io.StringIO()
+    tune.start_ray_for_tune(num_cpus=2, object_store_mb=300)
+    try:
+        code = ns.func(ns, out)  # what `simclr tune ... --json` runs, printing its JSON on `out`
+    finally:
+        ray.shutdown()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("simclr")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    yield {"code": code, "out": json.loads(out.getvalue()), "runs": runs, "client": client}
+
+
+def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_running(
+        sweep: dict[str, Any]) -> None:
+    out, runs = sweep["out"], sweep["runs"]
+    assert sweep["code"] == 0
+    parents = [r for r in runs if r.data.tags.get("simclr.kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_id == out["parent_run_id"] and parent.info.run_name == "sw"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    temps = sorted(float(r.data.params["loss.temperature"]) for r in children)
+    assert temps == sorted(TEMPERATURES)
+    # Run names come from trial ids; every run has ended.
+    assert {r.info.run_name for r in children} == {f"sw-{t['trial_id']}" for t in out["trials"]}
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert parent.info.status == "FINISHED"
+    stopped = [r for r in children if r.data.tags.get("simclr.stopped_early") == "true"]
+    assert len(stopped) >= 1
+    assert all(r.info.status == "FINISHED" for r in stopped)
+    assert float(stopped[0].data.params["loss.temperature"]) == 3.0
+    by_status = {t["trial_id"]: t["status"] for t in out["trials"]}
+    assert sorted(by_status.values()).count("stopped_early") == len(stopped)
+    # The best trial is named on the parent, with its value and metric.
+    best = out["best"]
+    assert parent.data.tags["simclr.best_trial"] == best["run_name"]
+    assert parent.data.tags["best.loss.temperature"] == str(best["params"]["loss.temperature"])
+    assert parent.data.metrics["best_loss"] == pytest.approx(best["metric"])
+    assert best["params"]["loss.temperature"] in (0.1, 0.15)
+    assert parent.data.params["search.loss.temperature"].startswith("grid(")
+    assert parent.data.params["tune.scheduler"] == "asha"
+    client = sweep["client"]
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.md", "base_config.yaml"} <= top
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == [
+        "plots/loss_vs_loss.temperature.png"]
+    assert out["train_command"].startswith("simclr train --config ")
+    assert f"--set loss.temperature={best['params']['loss.temperature']}" in out["train_command"]
+
+
+def test_trial_that_raises_is_failed_with_its_error_and_the_others_finish(sweep: dict[str, Any]) -> None:
+    out, runs = sweep["out"], sweep["runs"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
+    failed = [r for r in children if float(r.data.params["loss.temperature"]) == FAILING]
+    assert len(failed) == 1
+    assert failed[0].info.status == "FAILED"
+    assert "non-finite loss" in failed[0].data.tags["error"]
+    failing_trial = next(t for t in out["trials"] if t["params"]["loss.temperature"] == FAILING)
+    assert failing_trial["status"] == "failed" and "non-finite loss" in failing_trial["error"]
+    others = [r for r in children if r is not failed[0]]
+    assert all(r.info.status == "FINISHED" for r in others)
+    completed = [r for r in others if r.data.tags.get("simclr.complete") == "true"]
+    assert {float(r.data.params["loss.temperature"]) for r in completed} == {0.1, 0.15}
