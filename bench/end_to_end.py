@@ -89,7 +89,7 @@ def run_ours(cfg: Config, workers: int, cores: int, tmp: Path, logs: bool) -> di
         raise RuntimeError(f"simclr train failed ({proc.returncode}):\n{(proc.stderr or '')[-4000:]}")
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     client = tracking.client_for(uri)
-    epochs = {}
+    epochs: dict[int, dict[str, float]] = {}
     for key in ("images_per_s", "data_wait_frac"):
         for m in client.get_metric_history(outcome["run_id"], key):
             epochs.setdefault(m.step, {})[key] = m.value
@@ -198,7 +198,7 @@ def main() -> None:
         if not args.quick:
             baseline_runs.append(run_baseline(cfg, baseline_workers))
             loads.append(load_now())
-    baseline = {
+    baseline: dict[str, Any] = {
         "images_per_s": median([r["images_per_s"] for r in baseline_runs]),
         "data_wait_frac": median([r["data_wait_frac"] for r in baseline_runs]),
         "runs": baseline_runs,

@@ -98,11 +98,11 @@ def simulated_dist(sim: SimulatedRank) -> Iterator[None]:
     """Make workloads.dist answer as rank `sim.rank` of `sim.world` workers."""
     d = workloads.dist
     saved = (d.world_size, d.rank, d.gather_with_grad)
-    d.world_size, d.rank, d.gather_with_grad = (lambda: sim.world), (lambda: sim.rank), sim.gather  # type: ignore[assignment]
+    d.world_size, d.rank, d.gather_with_grad = (lambda: sim.world), (lambda: sim.rank), sim.gather
     try:
         yield
     finally:
-        d.world_size, d.rank, d.gather_with_grad = saved  # type: ignore[assignment]
+        d.world_size, d.rank, d.gather_with_grad = saved
 
 
 def make_side(side: str, sim: SimulatedRank, chunk_rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

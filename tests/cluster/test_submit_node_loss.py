@@ -9,6 +9,7 @@ must show every epoch exactly once.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -28,6 +29,16 @@ def wait_until(predicate: object, timeout: float, what: str, poll: float = 0.2) 
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def registered_epoch(run_dir: Path) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered (its snapshot file), 0 if none."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(name.rsplit("_", 1)[1])
+
+
 def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoch_once(
         ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -43,16 +54,17 @@ def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoc
     job_id = submitted.stdout.strip().splitlines()[0]
 
     victim = ray_cluster.nodes[-1]  # the newest worker node (the head is nodes[0])
-    wait_until(lambda: (storage / "node-loss" / "checkpoint_epoch_00001").is_dir(), 420, "the epoch-1 checkpoint")
-    on_victim = ray_cluster.actors_on(victim, "RayTrainWorker")
-    assert len(on_victim) == 1, f"expected one train worker on {victim.tag}, found {len(on_victim)}"
-    assert not (storage / "node-loss" / f"checkpoint_epoch_{EPOCHS:05d}").exists(), "the run ended before the kill"
+    wait_until(lambda: len(ray_cluster.actors_on(victim, "RayTrainWorker")) == 1, 420,
+               f"a train worker on {victim.tag}", poll=1.0)
+    wait_until(lambda: registered_epoch(storage / "node-loss") >= 1, 420, "a registered checkpoint")
     victim.kill()
+    assert registered_epoch(storage / "node-loss") < EPOCHS, "the run ended before the kill"
     ray_cluster.add_node(num_cpus=3, wait=False)  # the replacement, as an autoscaler would launch
 
     followed = simclr(["jobs", "logs", "--follow", job_id, *auth], client_env, tmp_path, timeout=600)
     assert followed.returncode == 0, (followed.stdout + followed.stderr)[-4000:]
     logs = simclr(["jobs", "logs", job_id, *auth], client_env, tmp_path, timeout=120).stdout
+    (tmp_path / "job.log").write_text(logs)  # kept by pytest for a post-mortem
 
     resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", logs)]
     assert resumed, "the workers never restarted from a checkpoint:\n" + logs[-3000:]

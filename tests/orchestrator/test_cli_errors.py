@@ -64,7 +64,7 @@ def test_cli_subprocess_bad_temperature_exit_2_single_line_no_ray(tmp_path: Path
 def test_more_workers_than_cpus_is_refused_before_any_run(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, line = run_main(BASE + ["--workers", "3", "--set", "train.batch_size=6"], capsys)
+    code, line = run_main([*BASE, "--workers", "3", "--set", "train.batch_size=6"], capsys)
     assert code == 2
     assert "train.workers=3 is more than the cluster's 2 CPUs" in line
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["0"]) == []
@@ -73,7 +73,7 @@ def test_more_workers_than_cpus_is_refused_before_any_run(capsys: pytest.Capture
 def test_gpu_workers_without_gpus_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, line = run_main(BASE + ["--workers", "1", "--use-gpu"], capsys)
+    code, line = run_main([*BASE, "--workers", "1", "--use-gpu"], capsys)
     assert code == 2 and "needs 1 GPUs; the cluster has 0" in line
 
 
@@ -87,8 +87,8 @@ def test_unreadable_image_under_fail_policy_names_the_file_before_training(
         for i in range(4):
             Image.new("RGB", (12, 10), (40 * i, 100, 200)).save(tmp_path / "tree" / cls / f"{i}.png")
     (tmp_path / "tree" / "b" / "broken.png").write_bytes(b"not a png at all")
-    code, line = run_main(BASE + ["--set", "data.source=imagefolder", "--set", f"data.root={tmp_path / 'tree'}",
-                                  "--set", "data.bad_images=fail", "--set", "train.batch_size=4"], capsys)
+    code, line = run_main([*BASE, "--set", "data.source=imagefolder", "--set", f"data.root={tmp_path / 'tree'}",
+                           "--set", "data.bad_images=fail", "--set", "train.batch_size=4"], capsys)
     assert code == 2
     assert "unreadable image" in line and "broken.png" in line and "data.bad_images=skip" in line
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["0"]) == []

@@ -298,13 +298,13 @@ def test_ctrl_c_checkpoints_marks_the_run_killed_and_shuts_ray_down(tmp_path: Pa
         ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
         assert ray_procs
         os.kill(run.proc.pid, signal.SIGINT)
-        code, out, err = run.finish(timeout=300)
+        code, _out, err = run.finish(timeout=300)
     finally:
         run.kill()
     assert code == 130, err[-3000:]
     (line,) = simclr_lines(err)
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
-    client, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    _client, mlflow_run, _steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
     stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
     assert len(stopped) == 1

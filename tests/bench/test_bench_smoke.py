@@ -1,0 +1,92 @@
+"""Every bench script runs with --quick and prints one JSON object with its figures and ratios.
+
+Plumbing only: no figure is compared with a threshold (STYLE.md: a benchmark is a script with a
+command in docs/BENCHMARKS.md, never a timed assertion in a test). The four scripts start together
+and each test waits for its own, so the module takes about as long as the slowest (end_to_end, which
+starts a local Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SCRIPTS = ("augment", "loss", "end_to_end", "scaling")
+TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Run every script with --quick --json at once; name -> parsed stdout."""
+    cwd = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    procs = {name: subprocess.Popen([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+             for name in SCRIPTS}
+    results: dict[str, dict[str, Any]] = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, f"bench/{name}.py --quick failed:\n{stderr[-3000:]}"
+        results[name] = json.loads(stdout)  # the whole of stdout is one JSON object
+    return results
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_bench_prints_its_settings_and_the_machine(outputs: dict[str, dict[str, Any]], name: str) -> None:
+    out = outputs[name]
+    assert out["benchmark"] == name
+    assert out["settings"]["quick"] is True
+    assert out["machine"]["cores"] >= 1 and out["machine"]["torch"]
+
+
+def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str, Any]]) -> None:
+    results = outputs["augment"]["results"]
+    assert {r["case"]["output_size"] for r in results} == {32, 224}
+    for r in results:
+        for side in ("ours", "torchvision"):
+            assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
+        assert r["ratio_ours_over_torchvision"] == pytest.approx(
+            r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
+
+
+def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]]) -> None:
+    out = outputs["loss"]
+    assert out["memory_calibration"] == pytest.approx(1.0, abs=0.1)  # the RSS method sees a known tensor
+    results = out["results"]
+    assert {(r["batch"], r["workers"]) for r in results} == {(64, 1), (64, 2), (128, 1), (128, 2)}
+    for r in results:
+        for side in ("ours", "naive", "ours_chunked"):
+            assert _positive(r[side]["ms"]) and r[side]["peak_bytes"] >= 0
+        assert _positive(r["time_ratio_naive_over_ours"]) and _positive(r["memory_ratio_naive_over_ours"])
+        assert r["logits_bytes_ours"] * r["workers"] == r["logits_bytes_naive"]
+
+
+def test_end_to_end_reports_images_per_second_and_data_wait(outputs: dict[str, dict[str, Any]]) -> None:
+    out = outputs["end_to_end"]
+    for side in (out["baseline"], out["ours"]["1"]):
+        assert _positive(side["images_per_s"])
+        assert 0.0 <= side["data_wait_frac"] <= 1.0
+    assert _positive(out["ratio_ours_over_baseline"]["1"])
+
+
+def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict[str, Any]]) -> None:
+    results = outputs["scaling"]["results"]
+    assert {r["gpus"] for r in results} == {8, 32}
+    for r in results:
+        b = r["bytes"]
+        assert r["model"]["params"] > 10_000_000  # ResNet-18 and its head, counted from the model
+        assert b["ddp_grad_allreduce"] == pytest.approx(2 * (r["gpus"] - 1) / r["gpus"] * 4 * r["model"]["params"])
+        assert b["ntxent_total"] == pytest.approx(b["ntxent_forward"] + b["ntxent_backward"])
+        assert r["ratio_ntxent_over_ddp_grads"] == pytest.approx(b["ntxent_total"] / b["ddp_grad_allreduce"])
