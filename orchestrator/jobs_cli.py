@@ -14,9 +14,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlparse
 
-from cluster.jobs import DEFAULT_ADDRESS, JobsClient, entrypoint, print_stream, project_root, resolve_address
+from cluster.jobs import DEFAULT_ADDRESS, JobsClient, entrypoint, print_stream, project_root
 from orchestrator.errors import UserError
 
 EXIT_JOB_FAILED = 1
@@ -85,7 +84,7 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def check_train_args(rest: list[str], address: str) -> tuple[list[str], dict[str, float]]:
+def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float]]:
     """Parse and resolve the train arguments here, so a bad flag or config fails before the upload.
 
     Returns the arguments to send, with ``--config`` rewritten relative to the project root (the
@@ -101,11 +100,13 @@ def check_train_args(rest: list[str], address: str) -> tuple[list[str], dict[str
     cfg = resolve(ns.recipe, ns.config, ns.set, config_overrides(ns))
     if ns.config:
         rest = _rebase_config(rest, ns.config)
-    remote = urlparse(address).hostname not in ("127.0.0.1", "localhost", "::1")
     storage = cfg.train.storage_path
-    if "://" not in storage and remote:
-        _note(f"train.storage_path is {storage or 'unset (./simclr_runs)'}, a path on the head node: workers on other "
-              f"nodes cannot write checkpoints there; use shared storage, e.g. --set train.storage_path=s3://BUCKET/runs")
+    if not storage:
+        _note("train.storage_path is unset: checkpoints would go to simclr_runs/ in the job's temporary working "
+              "directory and be lost with it; use shared storage, e.g. --set train.storage_path=s3://BUCKET/runs")
+    elif "://" not in storage:
+        _note(f"train.storage_path={storage} is a path on the cluster's nodes: fine on one node; with several, "
+              f"every node must see it (NFS) or use --set train.storage_path=s3://BUCKET/runs")
     need = {"GPU": float(cfg.train.workers)} if cfg.train.use_gpu else {"CPU": float(cfg.train.workers)}
     return rest, need
 
@@ -146,7 +147,7 @@ def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
         rest = rest[1:]
     need: dict[str, float] = {}
     if args.workload == "train":  # a bad flag or config fails here, before any upload
-        rest, need = check_train_args(rest, resolve_address(args.address))
+        rest, need = check_train_args(rest)
     client = JobsClient(args.address, args.token_file)
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking_uri:

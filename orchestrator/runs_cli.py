@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -199,6 +200,9 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     if args.server_workers < 1:
         raise UserError(f"--server-workers must be >= 1; got {args.server_workers}")
     uri = tracking.resolve_uri(args.tracking_uri or "")
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"--tracking-uri: no MLflow store at {uri[len('sqlite:///'):]} (run simclr train or tune "
+                        f"first, or pass --tracking-uri)")
     cmd = server_command(uri, args.port, args.server_workers)
     if not _port_free(args.port):
         raise UserError(f"--port {args.port} is in use on 127.0.0.1; choose another with --port")

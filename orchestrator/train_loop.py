@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
@@ -108,6 +109,37 @@ def load_state_file(path: str) -> dict[str, Any]:
     return payload
 
 
+def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None
+                      ) -> tuple[str, dict[str, Any]] | None:
+    """The newest complete checkpoint of the run: Ray's registered one, or a newer one on storage.
+
+    Ray Train hands a restarted worker group the last checkpoint its controller registered; a worker
+    process that dies right after reporting can take that registration with it (seen with Ray 2.60),
+    so the run's folder is scanned too. Only checkpoints whose state file loads completely count:
+    a folder left half-written by a crash is passed over, never loaded.
+    """
+    best: tuple[str, dict[str, Any]] | None = None
+    if registered is not None:
+        try:
+            with registered.as_directory() as d:
+                best = (registered.path, load_state_file(d))
+        except CheckpointError:
+            best = None
+    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + os.path.abspath(storage))
+    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True))
+    names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
+                    and e.base_name.startswith("checkpoint_epoch_")), reverse=True)
+    for dir_name in names:
+        if best is not None and dir_name <= os.path.basename(best[0].rstrip("/")):
+            break  # sorted newest first: nothing newer than the registered one is left
+        try:
+            with ray.train.Checkpoint(f"{base}/{name}/{dir_name}", filesystem=fs).as_directory() as d:
+                return f"{base}/{name}/{dir_name}", load_state_file(d)
+        except (CheckpointError, FileNotFoundError):
+            continue
+    return best
+
+
 def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -144,12 +176,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(cfg.optim.name, core, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 momentum=cfg.optim.momentum, eta=cfg.optim.eta)
     state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = restore(load_state_file(d), core, optimizer)
+    found = latest_checkpoint(cfg.train.storage_path, cfg.train.name, ray.train.get_checkpoint())
+    if found is not None:
+        where, payload = found
+        state = restore(payload, core, optimizer)
         if rank == 0:
-            log(f"resumed from {checkpoint.path} after epoch {state.epoch}")
+            log(f"resumed from {where} after epoch {state.epoch}")
     model = ray.train.torch.prepare_model(model)  # to device, DDP when world > 1
     core = unwrap(model)
     _optimizer_to(optimizer, device)

@@ -27,7 +27,7 @@ import shlex
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from orchestrator import plots, tracking
 from orchestrator.errors import UserError
@@ -387,7 +388,7 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()])
 
 
-def make_trainable(spec: SweepSpec, resources: TrialResources) -> Any:
+def make_trainable(spec: SweepSpec) -> Any:
     """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match)."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
                "trials_storage": spec.trials_storage}
@@ -425,11 +426,15 @@ def build_scheduler(spec: SweepSpec) -> TrialScheduler:
 
 
 def build_search_alg(spec: SweepSpec) -> Any:
+    """Seeded by ``train.seed`` (the same sweep samples the same values) and limited to the planned
+    number of concurrent trials: Tune sees only each trainable's 0.1 CPU and would start them all."""
+    seed = int(spec.base["train"]["seed"])
+    limit = int(spec.resources.get("max_concurrent", 0))
     if spec.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=int(spec.base["train"]["seed"]))
-    return None  # Tune's BasicVariantGenerator: random samples, grid values crossed
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=limit) if limit else OptunaSearch(seed=seed)
+    return BasicVariantGenerator(max_concurrent=limit, random_state=seed)  # random samples, grid values crossed
 
 
 # --- outcome ------------------------------------------------------------------------------------------
@@ -581,7 +586,10 @@ def tune_session(opts: RayOptions) -> Iterator[None]:
     address = opts.address or os.environ.get("RAY_ADDRESS", "")
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            # host:port: tell this job's workers too, for the same State API lookup as start_ray_for_tune
+            direct = address not in ("auto", "local") and "://" not in address
+            ray.init(address=address, log_to_driver=True,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": address}} if direct else None)
         else:
             start_ray_for_tune(opts.num_cpus, opts.object_store_mb)
     except ConnectionError as err:
@@ -639,18 +647,20 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
             num_samples=opts.num_samples, metric=metric, mode=mode, grace_period=opts.grace_period,
             reduction_factor=opts.reduction_factor, resources=asdict(plan), tracking_uri=uri, experiment_id=exp_id)
         spec.parent_run_id = _start_parent(client, spec)
-        save_spec(spec)
-        tuner = tune.Tuner(
-            make_trainable(spec, plan),
-            param_space=param_space(dims, opts.search_alg),
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
-                search_alg=build_search_alg(spec), max_concurrent_trials=plan.max_concurrent,
-                trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=storage,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        return _fit_and_report(tuner, spec, client)
+
+        def new_tuner() -> tune.Tuner:
+            save_spec(spec)
+            return tune.Tuner(
+                make_trainable(spec),
+                param_space=param_space(dims, opts.search_alg),
+                tune_config=tune.TuneConfig(
+                    metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
+                    search_alg=build_search_alg(spec), trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(name=name, storage_path=storage,
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+
+        return _fit_and_report(new_tuner, spec, client)
 
 
 def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) -> SweepOutcome:
@@ -663,16 +673,16 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) ->
     client = tracking.client_for(spec.tracking_uri)
     with tune_session(ray_opts or RayOptions()):
         _check_dashboard(spec.scheduler)
-        plan = TrialResources(**spec.resources)
-        current = _cluster_plan(Config.from_dict(spec.base).train, plan.max_concurrent)
-        if current.cpus_per_worker < plan.cpus_per_worker - 1e-9:
-            raise UserError(f"--resume {name}: the sweep's trials need {plan.max_concurrent} x "
-                            f"{plan.cpus_per_trial:g} CPUs; this cluster is smaller")
+        # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
+        _cluster_plan(Config.from_dict(spec.base).train, int(spec.resources["max_concurrent"]))
         tracking.reopen_run(client, spec.parent_run_id)
-        _end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-        tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, plan), resume_unfinished=True,
-                                   restart_errored=True)
-        return _fit_and_report(tuner, spec, client)
+
+        def restored_tuner() -> tune.Tuner:
+            _end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
+            return tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
+                                      restart_errored=True)
+
+        return _fit_and_report(restored_tuner, spec, client)
 
 
 def _start_parent(client: Any, spec: SweepSpec) -> str:
@@ -695,10 +705,10 @@ def _start_parent(client: Any, spec: SweepSpec) -> str:
     return run_id
 
 
-def _fit_and_report(tuner: tune.Tuner, spec: SweepSpec, client: Any) -> SweepOutcome:
-    """Run the Tuner; whatever happens, leave no run RUNNING."""
+def _fit_and_report(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, client: Any) -> SweepOutcome:
+    """Build and run the Tuner (the parent run is open); whatever happens, leave no run RUNNING."""
     try:
-        tuner.fit()
+        make_tuner().fit()
         trials = _load_trials(spec)
         outcome = _summarise(spec, trials)
         _fix_child_runs(client, spec, outcome)
