@@ -62,7 +62,8 @@ yaml_docs = st.one_of(
     st.dictionaries(st.sampled_from(["loss", "data", "model", "optim", "train", "aug", "eval", "recipe"]),
                     st.dictionaries(st.sampled_from([f.split(".")[1] for f in FIELDS] + ["bogus"]), yaml_scalars,
                                     max_size=3), max_size=3).map(
-        lambda d: "\n".join(f"{s}:\n" + "\n".join(f"  {k}: {v}" for k, v in fields.items()) for s, fields in d.items())),
+        lambda d: "\n".join(f"{s}:\n" + "\n".join(f"  {k}: {v}" for k, v in fields.items())
+                            for s, fields in d.items())),
 )
 
 

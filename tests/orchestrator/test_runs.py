@@ -28,9 +28,11 @@ RUNS: list[tuple[str, str, float, float, float, str, dict[str, str]]] = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> dict[str, Any]:
-    """An MLflow sqlite store with a sweep (parent + 3 trials) and one plain run, written as our code does."""
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An MLflow sqlite store with a sweep (parent + 3 trials) and one plain run, written as our code does.
+    Module-scoped (creating the sqlite schema takes seconds); the tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("store")
     uri = tracking.resolve_uri(str(tmp_path / "mlflow.db"))
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, "simclr", uri)
@@ -50,14 +52,14 @@ def store(tmp_path: Path) -> dict[str, Any]:
     return {"uri": uri, "exp_id": exp_id, "ids": ids, "tmp": tmp_path}
 
 
-def _runs(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _runs(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli.main(["runs", *args])
-    return code, capsys.readouterr().out
+    return code, capfd.readouterr().out
 
 
 def test_runs_table_lists_every_run_with_key_params_and_metrics(store: dict[str, Any],
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _runs(["--tracking-uri", store["uri"]], capsys)
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    code, out = _runs(["--tracking-uri", store["uri"]], capfd)
     assert code == 0
     header, *rows = out.splitlines()
     assert header.split()[:3] == ["run_name", "kind", "status"]
@@ -69,19 +71,19 @@ def test_runs_table_lists_every_run_with_key_params_and_metrics(store: dict[str,
 
 
 def test_runs_sort_puts_the_best_first_and_reverse_flips_it(store: dict[str, Any],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "knn_top1"], capsys)
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "knn_top1"], capfd)
     names = [line.split()[0] for line in out.splitlines()[1:]]
     assert names == ["sw-a_00002", "sw-a_00000", "sw-a_00001", "lone", "sw"]  # runs without the metric last
-    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "loss"], capsys)  # loss: lowest first
+    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "loss"], capfd)  # loss: lowest first
     assert [line.split()[0] for line in out.splitlines()[1:4]] == ["sw-a_00002", "sw-a_00000", "lone"]
-    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "knn_top1", "--reverse"], capsys)
+    _, out = _runs(["--tracking-uri", store["uri"], "--sort", "knn_top1", "--reverse"], capfd)
     assert [line.split()[0] for line in out.splitlines()[1:3]] == ["lone", "sw-a_00001"]
 
 
 def test_runs_of_a_sweep_are_its_children_and_json_is_one_object_per_run(
-        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _runs(["--tracking-uri", store["uri"], "--sweep", "sw", "--sort", "knn_top1", "--json"], capsys)
+        store: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+    code, out = _runs(["--tracking-uri", store["uri"], "--sweep", "sw", "--sort", "knn_top1", "--json"], capfd)
     assert code == 0
     records = json.loads(out)
     assert [r["run_name"] for r in records] == ["sw-a_00002", "sw-a_00000", "sw-a_00001"]
@@ -89,14 +91,14 @@ def test_runs_of_a_sweep_are_its_children_and_json_is_one_object_per_run(
     assert records[0]["params"]["loss.temperature"] == "0.2"
     assert records[0]["metrics"]["knn_top1"] == pytest.approx(0.80)
     assert records[2]["note"] == "stopped early"
-    code, out = _runs(["--tracking-uri", store["uri"], "--parent", store["ids"]["sw"], "--json"], capsys)
+    code, out = _runs(["--tracking-uri", store["uri"], "--parent", store["ids"]["sw"], "--json"], capfd)
     assert {r["run_name"] for r in json.loads(out)} == {r["run_name"] for r in records}
 
 
 def test_runs_of_an_unknown_sweep_is_one_line_and_exit_2(store: dict[str, Any],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["runs", "--tracking-uri", store["uri"], "--sweep", "nope"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == cli.EXIT_USER_ERROR and err.count("\n") == 1 and "nope" in err
 
 
@@ -161,3 +163,9 @@ def test_ui_serves_the_runs_and_their_artifacts(store: dict[str, Any]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert MlflowClient(store["uri"]).get_run(parent).info.status == "FINISHED"
+
+
+def test_ui_without_a_store_is_one_line_and_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["ui", "--tracking-uri", str(tmp_path / "missing.db")])
+    err = capfd.readouterr().err
+    assert code == cli.EXIT_USER_ERROR and err.count("\n") == 1 and "no MLflow store" in err
