@@ -171,8 +171,11 @@ class JobsClient:
                 source = self.token.source if self.token else "no token"
                 raise UserError(f"the Ray cluster at {self.address} rejected the token from {source} (403); "
                                 f"{TOKEN_HELP}") from None
-            raise UserError(f"the Ray cluster at {self.address} requires a token (401) and none was found; "
-                            f"{TOKEN_HELP}") from None
+            if self.token is None:
+                raise UserError(f"the Ray cluster at {self.address} requires a token (401) and none was found; "
+                                f"{TOKEN_HELP}") from None
+            raise UserError(f"the Ray cluster at {self.address} received no token (401) although one was sent from "
+                            f"{self.token.source}: does a proxy drop the Authorization header?") from None
         except (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
             raise UserError(f"--address: no Ray cluster answers at {self.address} ({_first_line(err)})") from None
         except RuntimeError as err:
@@ -239,6 +242,8 @@ class JobsClient:
                 write(chunk)
 
         import aiohttp
+
+        self.status(job_id)  # an unknown id is a UserError here, not a failed websocket handshake
 
         with self._errors(job_id):
             try:

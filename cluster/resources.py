@@ -34,6 +34,7 @@ def wait_for_resources(need: dict[str, float], timeout_s: float, poll_s: float =
     import ray
     from ray.autoscaler.sdk import request_resources
 
+    need = {k: v for k, v in need.items() if v > 0}
     bundles = _bundles(need)
     requested = False
     deadline = time.monotonic() + timeout_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,11 +85,12 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float]]:
+def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float], list[str]]:
     """Parse and resolve the train arguments here, so a bad flag or config fails before the upload.
 
     Returns the arguments to send, with ``--config`` rewritten relative to the project root (the
-    job's working directory), and the resources the run needs ({"GPU": workers} or {"CPU": workers}).
+    job's working directory), the resources the run needs ({"GPU": workers} or {"CPU": workers}),
+    and notes for the user.
     """
     from orchestrator.cli import _Parser, config_flags, config_overrides, ray_flags
     from orchestrator.config_io import resolve
@@ -100,15 +102,16 @@ def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float]]:
     cfg = resolve(ns.recipe, ns.config, ns.set, config_overrides(ns))
     if ns.config:
         rest = _rebase_config(rest, ns.config)
+    notes = []
     storage = cfg.train.storage_path
     if not storage:
-        _note("train.storage_path is unset: checkpoints would go to simclr_runs/ in the job's temporary working "
-              "directory and be lost with it; use shared storage, e.g. --set train.storage_path=s3://BUCKET/runs")
+        notes.append("train.storage_path is unset: checkpoints would go to simclr_runs/ in the job's temporary "
+                     "working directory and be lost with it; use e.g. --set train.storage_path=s3://BUCKET/runs")
     elif "://" not in storage:
-        _note(f"train.storage_path={storage} is a path on the cluster's nodes: fine on one node; with several, "
-              f"every node must see it (NFS) or use --set train.storage_path=s3://BUCKET/runs")
+        notes.append(f"train.storage_path={storage} is a path on the cluster's nodes: fine on one node; with "
+                     f"several, every node must see it (NFS), or use --set train.storage_path=s3://BUCKET/runs")
     need = {"GPU": float(cfg.train.workers)} if cfg.train.use_gpu else {"CPU": float(cfg.train.workers)}
-    return rest, need
+    return rest, need, notes
 
 
 def _rebase_config(rest: list[str], config: str) -> list[str]:
@@ -134,25 +137,22 @@ def _rebase_config(rest: list[str], config: str) -> list[str]:
     return out
 
 
-def _note(message: str) -> None:
-    print(f"simclr: note: {message}", file=sys.stderr)
-
-
 def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
-    import os
-
     args = split_args(args)
     rest = list(args.args)
     if rest[:1] == ["--"]:
         rest = rest[1:]
     need: dict[str, float] = {}
+    notes: list[str] = []
     if args.workload == "train":  # a bad flag or config fails here, before any upload
-        rest, need = check_train_args(rest)
+        rest, need, notes = check_train_args(rest)
     client = JobsClient(args.address, args.token_file)
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking_uri:
-        _note("no --tracking-uri: the run is tracked in mlflow.db inside the job's working directory on the head, "
-              "which goes away with the Ray session; pass --tracking-uri http://MLFLOW_HOST:5000")
+        notes.append("no --tracking-uri: the run is tracked in mlflow.db inside the job's temporary working "
+                     "directory on the head; pass --tracking-uri http://MLFLOW_HOST:5000")
+    for note in notes:
+        print(f"simclr: note: {note}", file=sys.stderr)
     command = entrypoint(args.workload, rest, need, args.resources_timeout_s)
     job_id = client.submit(command, tracking_uri, metadata={"simclr_command": args.workload})
     if not args.json:

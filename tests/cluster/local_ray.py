@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 VENV_BIN = os.path.dirname(sys.executable)
+START_ATTEMPTS = 3
 SIMCLR = os.path.join(VENV_BIN, "simclr")
 
 # The tiny synthetic run the cluster tests train (add --epochs).
@@ -138,46 +139,56 @@ class LocalCluster:
         env.update(self.extra_env)
         return env
 
-    def _start(self, args: list[str], num_cpus: int, resources: dict[str, float] | None,
-               object_store_mb: int) -> Node:
-        tag = f"node_tag_{len(self.nodes)}"
+    def _launch(self, index: int, attempt: int, args: list[str], num_cpus: int,
+                resources: dict[str, float] | None, object_store_mb: int) -> Node:
+        tag = f"node_tag_{index}"
         log_path = self.root / f"{tag}.log"
         # Each node its own temp dir, as on separate machines: nodes sharing one would share (and
         # garbage-collect under each other) the unpacked runtime_env working_dir of running jobs.
-        temp_dir = self.root / f"t{len(self.nodes)}"
+        temp_dir = self.root / f"t{index}_{attempt}"
         cmd = [os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
                "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir),
                "--object-store-memory", str(object_store_mb * 2**20),
                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-               "--disable-usage-stats", *args]
-        cmd += ["--resources", json.dumps({**(resources or {}), tag: 1})]
+               "--disable-usage-stats", *args, "--resources", json.dumps({**(resources or {}), tag: 1})]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
-        node = Node(proc, log_path, tag)
-        self.nodes.append(node)
-        return node
+        return Node(proc, log_path, tag)
+
+    def _start(self, head: bool, num_cpus: int, resources: dict[str, float] | None, object_store_mb: int) -> Node:
+        """Start a node and wait until it is ALIVE in the cluster. Retried: `ray start` gives its raylet
+        30 s to register with the GCS (hard-coded in Ray 2.60), too little on a loaded machine."""
+        index = len(self.nodes)
+        for attempt in range(START_ATTEMPTS):
+            if head:
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+                args = ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+                        "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
+                        "--ray-client-server-port", str(free_port())]
+            else:
+                args = ["--address", self.gcs_address]
+            node = self._launch(index, attempt, args, num_cpus, resources, object_store_mb)
+            try:
+                self._wait(lambda n=node: self.node_id(n) is not None, 240, f"node_tag_{index} to join", node)
+            except RuntimeError:  # `ray start` gave up
+                node.kill()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                continue
+            self.nodes.append(node)
+            return node
+        raise AssertionError("unreachable")
 
     def start_head(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
                    object_store_mb: int = 150) -> Node:
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
-        head = self._start(["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-                            "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
-                            "--ray-client-server-port", str(free_port())], num_cpus, resources, object_store_mb)
-        self._wait(lambda: self.node_id(head) is not None, 120, "the head node to serve its dashboard", head)
-        return head
+        return self._start(True, num_cpus, resources, object_store_mb)
 
     def add_node(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
-                 object_store_mb: int = 150, wait: bool = True) -> Node:
-        node = self._start(["--address", self.gcs_address], num_cpus, resources, object_store_mb)
-        if wait:
-            self.wait_joined(node)
-        return node
-
-    def wait_joined(self, node: Node, timeout: float = 120) -> None:
-        self._wait(lambda: self.node_id(node) is not None, timeout, f"{node.tag} to join", node)
+                 object_store_mb: int = 150) -> Node:
+        return self._start(False, num_cpus, resources, object_store_mb)
 
     def _get(self, path: str) -> Any:
         req = urllib.request.Request(self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"})

@@ -59,7 +59,7 @@ def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoc
     wait_until(lambda: registered_epoch(storage / "node-loss") >= 1, 420, "a registered checkpoint")
     victim.kill()
     assert registered_epoch(storage / "node-loss") < EPOCHS, "the run ended before the kill"
-    ray_cluster.add_node(num_cpus=3, wait=False)  # the replacement, as an autoscaler would launch
+    ray_cluster.add_node(num_cpus=3)  # the replacement, as an autoscaler would launch
 
     followed = simclr(["jobs", "logs", "--follow", job_id, *auth], client_env, tmp_path, timeout=600)
     assert followed.returncode == 0, (followed.stdout + followed.stderr)[-4000:]

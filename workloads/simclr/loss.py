@@ -77,18 +77,20 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float, gather: bool
                                                       chunk_rows)
             return loss
 
-        logits = anchors @ candidates.T / temperature  # (2N, 2*W*N)
-        # The self-similarity is not a negative: -inf gives it zero weight in the softmax and zero
-        # gradient; every row keeps its finite positive, so no NaN.
-        self_mask = F.one_hot(self_cols, num_classes=2 * n_all).bool()  # (2N, 2*W*N)
-        logits = logits.masked_fill(self_mask, float("-inf"))
+        logits = _masked_logits(anchors, candidates, self_cols, temperature)  # (2N, 2*W*N)
         return F.cross_entropy(logits, pos_cols)  # mean over the 2N local anchors
 
 
 def _masked_logits(anchors: torch.Tensor, candidates: torch.Tensor, self_cols: torch.Tensor,
                    temperature: float) -> torch.Tensor:
-    """Logits of a block of anchors (M, D) against all candidates, each anchor's own column at -inf."""
-    logits = (anchors @ candidates.T).div_(temperature)  # (M, 2*W*N), as the unchunked anchors @ c.T / τ
+    """Logits of anchors (M, D) against all candidates (2*W*N, D), each anchor's own column at -inf.
+
+    The self-similarity is not a negative: -inf gives it zero weight in the softmax and zero gradient;
+    every row keeps its finite positive, so no NaN. Both steps work in place on the matmul output
+    (neither backward needs it): no second (M, 2*W*N) float tensor and no (M, 2*W*N) mask, which
+    as an int64 one-hot cost twice the logits' memory and made the loss slower than the naive one.
+    """
+    logits = (anchors @ candidates.T).div_(temperature)  # (M, 2*W*N)
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, self_cols] = float("-inf")
     return logits
