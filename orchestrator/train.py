@@ -25,6 +25,7 @@ import ray.train
 import torch
 import yaml
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator import plots, sources, tracking
 from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
@@ -231,7 +232,10 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
-    stop_flag = StopFlag.remote()  # type: ignore[attr-defined]
+    # on the driver's node, like Ray Train's controller: a lost worker node must not take it along
+    stop_flag = StopFlag.options(  # type: ignore[attr-defined]
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ).remote()
     resources: dict[str, float] = {"CPU": cpw}
     if cfg.train.use_gpu:
         resources["GPU"] = 1.0

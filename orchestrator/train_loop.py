@@ -320,9 +320,16 @@ def _flush(client: Any, run_id: str, state: TrainState) -> None:
             f"epochs up to {state.epoch} are kept in the checkpoint and re-sent later")
 
 
+def _flag_set(flag: Any) -> bool:
+    try:
+        return bool(ray.get(flag.is_set.remote(), timeout=30))
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False  # the driver is gone or unreachable: nobody can ask for a stop
+
+
 def _stop_asked(flag: Any, rank: int, world: int, device: torch.device) -> bool:
     """Rank 0 reads the driver's flag; every rank learns the answer at the same step."""
-    asked = torch.tensor([1.0 if rank == 0 and ray.get(flag.is_set.remote()) else 0.0], device=device)
+    asked = torch.tensor([1.0 if rank == 0 and _flag_set(flag) else 0.0], device=device)
     if world > 1:
         dist.all_reduce(asked)
     return bool(asked.item() > 0)

@@ -1,47 +1,8 @@
-"""Shared test settings: a training small enough for 2 loaded CPU cores, a small local Ray."""
+"""Fixtures shared by every test package; the settings themselves live in simclr_testing.py (a
+module name of its own: `from conftest import ...` would be ambiguous with tests/cluster/conftest.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from simclr_testing import tiny
 
-import pytest
-
-from orchestrator.train import RayOptions
-from workloads.config import Config
-
-# ~256 synthetic 16 px images, a 2-stage ResNet of widths 8/16: an epoch takes a few seconds.
-TINY: dict[str, object] = {
-    "data.source": "synthetic",
-    "data.num_samples": 256,
-    "data.image_size": 16,
-    "data.augment_batch_size": 64,
-    "model.arch": "small_resnet",
-    "model.widths": [8, 16],
-    "model.blocks": [1, 1],
-    "model.proj_dim": 16,
-    "train.batch_size": 32,
-    "train.workers": 2,
-    "train.epochs": 2,
-    "train.log_every_steps": 2,
-    "eval.knn_k": 20,
-    "eval.linear_probe_epochs": 10,
-    "optim.warmup_epochs": 1,
-}
-RAY = RayOptions(num_cpus=2, object_store_mb=300)
-
-
-def tiny_sets() -> list[str]:
-    """TINY as ``--set`` arguments for the CLI."""
-    import json
-
-    return [arg for k, v in TINY.items() for arg in ("--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}")]
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Config:
-    """TINY with its MLflow store and checkpoints under tmp_path."""
-    return Config().replace({
-        **TINY,
-        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "train.storage_path": str(tmp_path / "runs"),
-    })
+__all__ = ["tiny"]

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_sets
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from simclr_testing import tiny_sets
 
 from orchestrator.train_loop import STATE_FILE, CheckpointError, load_state_file
 

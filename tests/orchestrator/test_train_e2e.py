@@ -12,8 +12,8 @@ import mlflow
 import mlflow.pytorch
 import pytest
 import torch
-from conftest import RAY, tiny_sets
 from mlflow.tracking import MlflowClient
+from simclr_testing import RAY, tiny_sets
 
 from orchestrator.errors import UserError
 from orchestrator.evaluate_checkpoint import evaluate_checkpoint
