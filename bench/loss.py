@@ -27,6 +27,7 @@ import ctypes
 import gc
 import inspect
 import json
+import math
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ import workloads.dist
 from workloads.simclr.loss import nt_xent
 
 DIM = 128
+MIN_SECONDS, MAX_REPEATS = 0.5, 50
 TEMPERATURE = 0.1
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter number
 MMAP_THRESHOLD_BYTES = 64 * 1024
@@ -129,7 +131,8 @@ def sides(chunk_rows: int) -> list[str]:
     return ["ours", "naive"] + (["ours_chunked"] if HAS_CHUNKS and chunk_rows > 0 else [])
 
 
-def time_config(batch: int, world: int, chunk_rows: int, repeats: int) -> dict[str, list[float]]:
+def time_config(batch: int, world: int, chunk_rows: int, repeats: int,
+                min_seconds: float = MIN_SECONDS) -> dict[str, list[float]]:
     """Seconds of forward + backward per side, the sides interleaved so load hits them alike."""
     n_local = batch // world
     sim = SimulatedRank(world, 0, n_local, DIM)
@@ -137,6 +140,13 @@ def time_config(batch: int, world: int, chunk_rows: int, repeats: int) -> dict[s
     names = sides(chunk_rows)
     fns = {s: make_side(s, sim, chunk_rows) for s in names}
     times: dict[str, list[float]] = {s: [] for s in names}
+    first = []
+    for s in names:  # one untimed call each: warms this shape up and sizes the repeat count
+        start = time.perf_counter()
+        fns[s](z0, z1).backward()
+        first.append(time.perf_counter() - start)
+    # small sizes take milliseconds: repeat them for about MIN_SECONDS per side, up to MAX_REPEATS
+    repeats = max(repeats, min(MAX_REPEATS, math.ceil(min_seconds / max(max(first), 1e-6))))
     for rep in range(repeats):
         for s in names if rep % 2 == 0 else names[::-1]:
             z0.grad = z1.grad = None
@@ -220,7 +230,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192],
                    help="global batch sizes N (images; 2N embeddings)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 8], help="simulated worker counts W")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per side, at least (small sizes repeat for ~0.5 s; median reported)")
     p.add_argument("--chunk-rows", type=int, default=1024,
                    help="rows per chunk of the chunked path, when nt_xent has one (0: skip it)")
     p.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
@@ -240,7 +251,9 @@ def main() -> None:
                 "threads": torch.get_num_threads()}
     for w in args.workers:  # warm-up: first calls load kernels and thread pools
         time_config(min(args.batches), w, args.chunk_rows, 1)
-    times = {(b, w): time_config(b, w, args.chunk_rows, args.repeats) for b in args.batches for w in args.workers}
+    min_seconds = 0.0 if args.quick else MIN_SECONDS
+    times = {(b, w): time_config(b, w, args.chunk_rows, args.repeats, min_seconds)
+             for b in args.batches for w in args.workers}
     memory = run_memory_child(settings)
     load_after = load_now()
 
@@ -252,7 +265,7 @@ def main() -> None:
         rec: dict[str, Any] = {"batch": b, "workers": w, "logits_bytes_ours": logits_ours,
                                "logits_bytes_naive": (2 * b) ** 2 * 4}
         for s in names:
-            rec[s] = {"ms": 1000 * median(t[s]), "ms_all": [1000 * x for x in t[s]],
+            rec[s] = {"ms": 1000 * median(t[s]), "ms_all": [round(1000 * x, 3) for x in t[s]],
                       "peak_bytes": memory["peaks"][f"{b}/{w}/{s}"]}
         rec["time_ratio_naive_over_ours"] = rec["naive"]["ms"] / rec["ours"]["ms"]
         rec["memory_ratio_naive_over_ours"] = rec["naive"]["peak_bytes"] / max(rec["ours"]["peak_bytes"], 1)

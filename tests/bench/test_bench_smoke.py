@@ -1,9 +1,9 @@
 """Every bench script runs with --quick and prints one JSON object with its figures and ratios.
 
 Plumbing only: no figure is compared with a threshold (STYLE.md: a benchmark is a script with a
-command in docs/BENCHMARKS.md, never a timed assertion in a test). The four scripts start together
-and each test waits for its own, so the module takes about as long as the slowest (end_to_end, which
-starts a local Ray).
+command in docs/BENCHMARKS.md, never a timed assertion in a test). The three Ray-free scripts run at
+once (about 10 s); end_to_end starts a local Ray and a Ray Train worker group, whose start-up alone
+takes most of a minute on 2 cores, so its test is marked slow.
 """
 
 from __future__ import annotations
@@ -19,36 +19,50 @@ from typing import Any
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SCRIPTS = ("augment", "loss", "end_to_end", "scaling")
+FAST = ("augment", "loss", "scaling")
 TIMEOUT_S = 600
+
+
+def _start(name: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    return subprocess.Popen([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+
+
+def _result(name: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"bench/{name}.py --quick failed:\n{stderr[-3000:]}"
+    out: dict[str, Any] = json.loads(stdout)  # the whole of stdout is one JSON object
+    return out
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Run every script with --quick --json at once; name -> parsed stdout."""
+    """Run the Ray-free scripts with --quick --json at once; name -> parsed stdout."""
     cwd = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    procs = {name: subprocess.Popen([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
-             for name in SCRIPTS}
-    results: dict[str, dict[str, Any]] = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == 0, f"bench/{name}.py --quick failed:\n{stderr[-3000:]}"
-        results[name] = json.loads(stdout)  # the whole of stdout is one JSON object
-    return results
+    procs = {name: _start(name, cwd) for name in FAST}
+    return {name: _result(name, proc) for name, proc in procs.items()}
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """bench/end_to_end.py --quick --json: a local Ray and one tiny `simclr train` (about a minute)."""
+    return _result("end_to_end", _start("end_to_end", tmp_path_factory.mktemp("bench_e2e")))
 
 
 def _positive(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_bench_prints_its_settings_and_the_machine(outputs: dict[str, dict[str, Any]], name: str) -> None:
-    out = outputs[name]
+def _check_header(out: dict[str, Any], name: str) -> None:
     assert out["benchmark"] == name
     assert out["settings"]["quick"] is True
     assert out["machine"]["cores"] >= 1 and out["machine"]["torch"]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_bench_prints_its_settings_and_the_machine(outputs: dict[str, dict[str, Any]], name: str) -> None:
+    _check_header(outputs[name], name)
 
 
 def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str, Any]]) -> None:
@@ -73,12 +87,13 @@ def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]
         assert r["logits_bytes_ours"] * r["workers"] == r["logits_bytes_naive"]
 
 
-def test_end_to_end_reports_images_per_second_and_data_wait(outputs: dict[str, dict[str, Any]]) -> None:
-    out = outputs["end_to_end"]
-    for side in (out["baseline"], out["ours"]["1"]):
+@pytest.mark.slow
+def test_end_to_end_reports_images_per_second_and_data_wait(end_to_end: dict[str, Any]) -> None:
+    _check_header(end_to_end, "end_to_end")
+    for side in (end_to_end["baseline"], end_to_end["ours"]["1"]):
         assert _positive(side["images_per_s"])
         assert 0.0 <= side["data_wait_frac"] <= 1.0
-    assert _positive(out["ratio_ours_over_baseline"]["1"])
+    assert _positive(end_to_end["ratio_ours_over_baseline"]["1"])
 
 
 def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict[str, Any]]) -> None:

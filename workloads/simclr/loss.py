@@ -66,7 +66,8 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float, gather: bool
         n_all = z0_all.shape[0]  # W*N
 
         anchors = torch.cat([z0, z1], dim=0)  # (2N, D): local rows only
-        candidates = torch.cat([z0_all, z1_all], dim=0)  # (2*W*N, D): [z0 of ranks 0..W-1, z1 of ...]
+        # (2*W*N, D): [z0 of ranks 0..W-1, z1 of ...]; without a gather, the anchors themselves
+        candidates = anchors if z0_all is z0 else torch.cat([z0_all, z1_all], dim=0)
 
         # Column of each local anchor itself and of its positive (the other view of the same image).
         idx = torch.arange(n, device=z0.device) + offset  # (N,)
