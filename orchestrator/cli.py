@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from orchestrator.errors import UserError
 from orchestrator.secrets import redact, redact_values
 from workloads.config import ConfigError
-from workloads.recipes import RECIPES
+from workloads.methods import METHODS
 
 EXIT_USER_ERROR = 2
 COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli")
@@ -25,8 +25,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="", choices=[*RECIPES, ""], metavar="NAME",
-                   help=f"named recipe to start from: {', '.join(RECIPES)} (default: digits, or the YAML's recipe:)")
+    recipes = {name: None for m in METHODS.values() for name in m.recipes}  # ordered union
+    p.add_argument("--method", default="", choices=[*METHODS, ""], metavar="NAME",
+                   help=f"self-supervised method: {', '.join(METHODS)} (default: simclr, or the YAML's method:)")
+    p.add_argument("--recipe", default="", choices=[*recipes, ""], metavar="NAME",
+                   help=f"the method's named recipe to start from: {', '.join(recipes)} "
+                        f"(default: digits, or the YAML's recipe:)")
     p.add_argument("--config", default="", metavar="FILE", help="YAML file of config sections (see README)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set loss.temperature=0.2 (repeatable)")
@@ -85,7 +89,8 @@ def ray_options(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator.config_io import resolve
 
-    cfg = resolve(args.recipe, args.config, args.set, config_overrides(args))  # fail fast, before heavy imports
+    # fail fast, before heavy imports
+    cfg = resolve(args.recipe, args.config, args.set, config_overrides(args), args.method)
     if args.dry_run:
         import yaml
 

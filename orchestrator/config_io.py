@@ -54,16 +54,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> None
 
 
 def resolve(recipe_name: str = "", config_path: str = "", sets: Sequence[str] = (),
-            extra: dict[str, Any] | None = None) -> Config:
-    """Recipe (default ``digits``, or the YAML's ``recipe:`` key) <- YAML <- ``--set`` <- flags."""
-    file_data = load_yaml(config_path) if config_path else {}
+            extra: dict[str, Any] | None = None, method_name: str = "",
+            file_data: dict[str, Any] | None = None) -> Config:
+    """Method's recipe (default ``digits``, or the YAML's ``recipe:``) <- YAML <- ``--set`` <- flags.
+
+    The method (``--method``, else a ``--set method=...``, else the YAML's ``method:``, else simclr)
+    picks whose recipe is the base: ``--method moco --recipe digits`` is MoCo's digits recipe.
+    ``file_data`` is an already-loaded YAML (``simclr tune`` takes its ``search:`` section out first).
+    """
+    file_data = dict(file_data) if file_data is not None else (load_yaml(config_path) if config_path else {})
     name = recipe_name or str(file_data.pop("recipe", "") or "digits")
     file_data.pop("recipe", None)
-    data = recipe(name).to_dict()
+    assignments = [parse_assignment(text) for text in sets]
+    set_method = [value for key, value in assignments if key == "method"]
+    chosen = method_name or (str(set_method[-1]) if set_method else str(file_data.get("method", "") or "simclr"))
+    data = recipe(name, chosen).to_dict()
     _merge(data, file_data)
-    for text in sets:
-        key, value = parse_assignment(text)
+    for key, value in assignments:
         set_dotted(data, key, value)
     for key, value in (extra or {}).items():
         set_dotted(data, key, value)
+    data["method"] = chosen
     return Config.from_dict(data)

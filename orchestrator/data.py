@@ -27,14 +27,13 @@ from ray.exceptions import RayError
 
 from orchestrator import sources
 from orchestrator.errors import BadImageError, UserError
-from workloads.config import AugConfig, DataConfig
-from workloads.simclr.augment import SimCLRAugment
+from workloads.config import AugConfig, Config, DataConfig
+from workloads.method import MEAN, STD, normalize
+from workloads.methods import method
 
 log = logging.getLogger(__name__)
 
-# ImageNet channel statistics; views travel as uint8 and are normalised on the training device.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+__all__ = ["MEAN", "STD", "PreparedData", "augment_batch", "augmented", "normalize", "prepare", "to_tensor_images"]
 # A UserError's line in a remote traceback, e.g. "orchestrator.errors.BadImageError: unreadable image ...".
 _REMOTE_USER_ERROR = re.compile(r"^orchestrator\.errors\.(?P<cls>BadImageError|UserError): (?P<msg>.+)$", re.MULTILINE)
 
@@ -140,13 +139,14 @@ def _prepare_files(cfg: DataConfig, size: int, seed: int, budget: float | None) 
         fs, path = sources.parquet_location(cfg.uri)
         columns = [cfg.image_column] + ([cfg.label_column] if cfg.label_column else [])
         try:
-            raw = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+            raw = ray.data.read_parquet(path, filesystem=fs)
             schema_names = raw.schema().names
         except Exception as err:  # pyarrow raises several types for a missing column or a bad file
             raise UserError(f"data.uri: cannot read Parquet {cfg.uri!r} with columns {columns}: {err}") from err
         missing = [c for c in columns if c not in schema_names]
         if missing:
             raise UserError(f"data.image_column/label_column: {missing} not in {cfg.uri!r} (columns: {schema_names})")
+        raw = raw.select_columns(columns)
         raw = raw.rename_columns({cfg.image_column: "bytes"})
         if cfg.label_column:
             raw = raw.rename_columns({cfg.label_column: "label"})
@@ -237,43 +237,32 @@ def _find_user_error(err: BaseException | None) -> UserError | None:
 # --- augmentation ------------------------------------------------------------------------------------
 
 
-def augment_batch(batch: dict[str, np.ndarray], aug: dict[str, Any], image_size: int) -> dict[str, np.ndarray]:
-    """Ray Data UDF: (B, S, S, 3) uint8 -> two views (B, 3, s, s) uint8 with per-image parameters.
+def augment_batch(batch: dict[str, np.ndarray], aug: dict[str, Any], image_size: int,
+                  cfg: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Ray Data UDF: (B, S, S, 3) uint8 -> the method's views (SimCLR: two (B, 3, s, s) uint8 views).
 
-    Each call draws a fresh seed: Ray worker processes all start from torch's fixed default seed, so
-    without it every task would draw the same "random" crops.
+    ``cfg`` is the whole run config (the method's views may read more than ``aug``); without it,
+    SimCLR's views with ``aug`` at ``image_size``. Each call draws a fresh seed: Ray worker processes
+    all start from torch's fixed default seed, so without it every task would draw the same "random"
+    crops.
     """
-    augment = make_augment(AugConfig(**aug), image_size)
+    config = Config.from_dict(cfg if cfg is not None else {"aug": aug, "data": {"image_size": image_size}})
     images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)  # B x 3 x S x S
     gen = torch.Generator().manual_seed(secrets.randbits(63))
-    v0, v1 = augment.two_views(images, gen)
-    return {"view0": v0.numpy(), "view1": v1.numpy()}
+    views = method(config.method).views(images, config, gen)
+    return {name: v.numpy() for name, v in views.items()}
 
 
-def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:
-    return SimCLRAugment(
-        output_size=image_size, strength=aug.strength, min_scale=aug.min_scale, max_scale=aug.max_scale,
-        flip_p=aug.flip_p, jitter_p=aug.jitter_p, gray_p=aug.gray_p, blur_p=aug.blur_p,
-        blur_kernel_frac=aug.blur_kernel_frac,
-    )
-
-
-def augmented(ds: ray.data.Dataset, aug: AugConfig, data: DataConfig) -> ray.data.Dataset:
-    """The lazy per-epoch augmentation stage over decoded images."""
+def augmented(ds: ray.data.Dataset, aug: AugConfig, data: DataConfig, cfg: Config | None = None) -> ray.data.Dataset:
+    """The lazy per-epoch augmentation stage over decoded images (``cfg``: the run's, for its method)."""
     kwargs: dict[str, Any] = {}
     if data.augment_workers:
         kwargs["concurrency"] = data.augment_workers
     return ds.select_columns(["image"]).map_batches(
-        partial(augment_batch, aug=asdict(aug), image_size=data.image_size),
+        partial(augment_batch, aug=asdict(aug), image_size=data.image_size,
+                cfg=cfg.to_dict() if cfg is not None else None),
         batch_size=data.augment_batch_size, **kwargs,
     )
-
-
-def normalize(views: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) on any device -> float normalised with the ImageNet channel statistics."""
-    mean = torch.tensor(MEAN, device=views.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=views.device).view(1, 3, 1, 1)
-    return (views.float().div_(255.0) - mean) / std
 
 
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:

@@ -99,7 +99,7 @@ def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float], list
     config_flags(p)
     ray_flags(p)
     ns = p.parse_args(rest)
-    cfg = resolve(ns.recipe, ns.config, ns.set, config_overrides(ns))
+    cfg = resolve(ns.recipe, ns.config, ns.set, config_overrides(ns), ns.method)
     if ns.config:
         rest = _rebase_config(rest, ns.config)
     notes = []

@@ -12,16 +12,19 @@ import numpy as np
 import torch
 
 
-def views_grid(v0: torch.Tensor, v1: torch.Tensor, path: str, max_pairs: int = 16) -> None:
-    """Two rows per pair column: view 0 above view 1 of the same image. Inputs uint8 (N, 3, H, W)."""
+def views_grid(v0: torch.Tensor, v1: torch.Tensor | None, path: str, max_pairs: int = 16) -> None:
+    """Two rows per pair column: view 0 above view 1 of the same image. Inputs uint8 (N, 3, H, W).
+    Methods with one view (MAE) pass ``v1=None`` and get one row."""
+    rows = [v0] if v1 is None else [v0, v1]
     n = min(max_pairs, len(v0))
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
     for i in range(n):
-        for row, views in enumerate((v0, v1)):
+        for row, views in enumerate(rows):
             ax = axes[row][i]
             ax.imshow(views[i].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
             ax.axis("off")
-    fig.suptitle("augmented view pairs (columns: one image; rows: view 0, view 1)", fontsize=8)
+    title = "augmented view pairs (columns: one image; rows: view 0, view 1)" if v1 is not None else "augmented views"
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import subprocess
 import tempfile
 import time
@@ -66,25 +67,54 @@ class TrainOutcome:
 
 
 @contextmanager
-def ray_session(opts: RayOptions) -> Iterator[None]:
-    """Connect to Ray, or start a local one; shut down only what this call started."""
+def ray_session(opts: RayOptions, dashboard: bool = False) -> Iterator[None]:
+    """Use the Ray this process is connected to, else connect to the address, else start a local one
+    (with its dashboard when asked: ``simclr tune`` needs it); shut down only what this call started."""
     if ray.is_initialized():
         yield
         return
     address = opts.address or os.environ.get("RAY_ADDRESS", "")
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            # host:port: tell this job's workers too, for the State API lookup of start_local_ray
+            direct = address not in ("auto", "local") and "://" not in address
+            ray.init(address=address, log_to_driver=True,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": address}} if direct else None)
         else:
-            mem = opts.object_store_mb * 2**20 or min(int(0.3 * _total_memory()), 4 * 2**30)
-            ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), object_store_memory=mem,
-                     include_dashboard=False, log_to_driver=True)
+            start_local_ray(opts.num_cpus, opts.object_store_mb, dashboard)
     except ConnectionError as err:
         raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def start_local_ray(num_cpus: int = 0, object_store_mb: int = 0, dashboard: bool = False) -> None:
+    """A local Ray of ``num_cpus`` (0: every core); the object store 30% of RAM, at most 4 GiB, unless set.
+
+    With ``dashboard``, its workers also learn where its State API is: Train V2's PlacementGroupCleaner
+    asks it whether a trial's TorchTrainer controller died and then frees the placement group; without
+    it every trial ASHA stops keeps its CPUs and the next trial waits forever (ENVIRONMENT.md). The
+    cleaner looks the API up from inside a worker, and with several Ray instances on one machine that
+    lookup fails ("Found multiple active Ray instances"), so the runtime_env names the dashboard's
+    address (RAY_API_SERVER_ADDRESS).
+    """
+    mem = object_store_mb * 2**20 or min(int(0.3 * _total_memory()), 4 * 2**30)
+    extra: dict[str, Any] = {"include_dashboard": False}
+    if dashboard:
+        port = _free_port()
+        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+                 "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=mem, log_to_driver=True,
+             **extra)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _total_memory() -> int:
@@ -116,7 +146,7 @@ def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
 
 
 def generated_name(cfg: Config) -> str:
-    return f"simclr-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{cfg.method}-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def storage_path(cfg: Config) -> str:
@@ -213,7 +243,7 @@ def failure_message(err: BaseException) -> str:
 
 def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, uri: str, exp_id: str,
          run_id: str, callbacks: Sequence[Any] = ()) -> TrainOutcome:
-    train_ds = augmented(data.train, cfg.aug, cfg.data)
+    train_ds = augmented(data.train, cfg.aug, cfg.data, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.yaml")
         with open(config_path, "w") as f:
@@ -221,7 +251,8 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
         client.log_artifact(run_id, config_path)
         sample = train_ds.take_batch(16, batch_format="numpy")
         grid = os.path.join(tmp, "augmented_views.png")
-        plots.views_grid(torch.as_tensor(sample["view0"].copy()), torch.as_tensor(sample["view1"].copy()), grid)
+        second = torch.as_tensor(sample["view1"].copy()) if "view1" in sample else None
+        plots.views_grid(torch.as_tensor(sample["view0"].copy()), second, grid)
         client.log_artifact(run_id, grid, "plots")
     # facts of the data as read (the config's own fields are under data.*)
     tracking.log_params(client, run_id, {"dataset.num_train": data.num_train, "dataset.num_classes": data.num_classes,
@@ -290,7 +321,7 @@ def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> 
 
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
-    encoder = model.encoder.eval()
+    encoder = model.get_submodule("encoder").eval()
     # pt2 (torch.export, MLflow 3's default) marks only dimensions larger than 1 as dynamic: a batch
     # of 2 keeps the saved model usable at any batch size.
     example = to_tensor_images(torch.zeros(2, cfg.data.image_size, cfg.data.image_size, 3,

@@ -1,4 +1,4 @@
-"""The only code that runs on Ray Train workers: one resumable SimCLR training.
+"""The only code that runs on Ray Train workers: one resumable training of the configured method.
 
 Every worker runs the same steps (state updates are never rank-gated); rank 0 alone does I/O:
 progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics.
@@ -23,13 +23,12 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator import faults, tracking
-from orchestrator.data import normalize
 from orchestrator.evaluation import LabelledImages, evaluate
 from orchestrator.secrets import redact
 from workloads.config import Config
+from workloads.method import Net, normalize
+from workloads.methods import method
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from workloads.simclr.loss import nt_xent
-from workloads.simclr.model import SimCLRModel, build_simclr_model
 
 STATE_FILE = "state.pt"
 
@@ -52,11 +51,9 @@ class TrainState:
     step_history: list[dict[str, float]] = field(default_factory=list)  # {"global_step", "step_loss"}
 
 
-def build_model(cfg: Config) -> SimCLRModel:
-    m = cfg.model
-    return build_simclr_model(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks,
-                              proj_hidden_dim=m.proj_hidden_dim or None, proj_dim=m.proj_dim,
-                              proj_layers=m.proj_layers)
+def build_model(cfg: Config) -> nn.Module:
+    """The configured method's model; ``model.encoder`` maps images to the evaluated features."""
+    return method(cfg.method).build_model(cfg)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -165,16 +162,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     bf16 = use_bf16(cfg, device)
     channels_last = use_channels_last(cfg, device)
 
+    workload = method(cfg.method)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
     random.seed(cfg.train.seed + rank)
-    model: nn.Module = build_model(cfg)
+    model: nn.Module = workload.build_model(cfg)
     if cfg.train.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     core = model
-    optimizer = build_optimizer(cfg.optim.name, core, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                momentum=cfg.optim.momentum, eta=cfg.optim.eta)
+    optimizer = build_optimizer(cfg.optim.name, workload.trainable(core), lr=cfg.optim.lr,
+                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum, eta=cfg.optim.eta,
+                                betas=(cfg.optim.betas[0], cfg.optim.betas[1]))
     state = TrainState()
     found = latest_checkpoint(cfg.train.storage_path, cfg.train.name, ray.train.get_checkpoint())
     if found is not None:
@@ -182,7 +181,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = restore(payload, core, optimizer)
         if rank == 0:
             log(f"resumed from {where} after epoch {state.epoch}")
-    model = ray.train.torch.prepare_model(model)  # to device, DDP when world > 1
+    # to device, DDP when world > 1
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(workload.ddp_kwargs) or None)
     core = unwrap(model)
     _optimizer_to(optimizer, device)
     forward = torch.compile(model) if cfg.train.compile else model
@@ -213,6 +213,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     autocast_ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     stop_flag = meta.get("stop_flag")
 
+    def forward_autocast(*args: Any) -> Any:
+        with autocast_ctx:
+            return forward(*args)
+
+    def to_input(views: torch.Tensor) -> torch.Tensor:
+        x = normalize(views)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    net = Net(forward=forward_autocast, core=core, image=to_input,
+              autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16))
+
     for epoch in range(state.epoch + 1, last_epoch + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -226,16 +237,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         for batch in batches:
             wait += time.perf_counter() - tick
-            x = normalize(torch.cat([batch["view0"], batch["view1"]]))  # 2B x 3 x S x S, both views
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             lr = warmup_cosine(state.global_step, total_steps, warmup_steps, base_lr,
                                cfg.optim.final_lr)
             set_lr(optimizer, lr)
-            with autocast_ctx:
-                z = forward(x)  # 2B x D
-            z0, z1 = z.chunk(2)  # B x D each
-            loss = nt_xent(z0, z1, cfg.loss.temperature, gather=cfg.loss.gather)
+            loss = workload.loss(net, batch, cfg)
             if faults.fires("nan_loss", epoch, steps + 1):
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
@@ -251,6 +256,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += loss.detach()
             steps += 1
             state.global_step += 1
+            workload.after_step(core, state.global_step, total_steps, cfg)
             if rank == 0 and state.global_step % cfg.train.log_every_steps == 0:
                 step_loss = loss.item()
                 state.step_history.append({"global_step": state.global_step, "step_loss": step_loss})
@@ -277,15 +283,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_seconds": seconds,
         }
         final = epoch == cfg.train.epochs
+        pngs: list[str] = []
         if evaluating and bank is not None and test is not None and (epoch % cfg.eval.every_epochs == 0 or final):
             png = os.path.join(tempfile.mkdtemp(), "embedding.png") if final else ""
             record.update(evaluate(core, bank, test, num_classes, cfg.eval, device, bf16=bf16,
                                    linear=final, embedding_png=png))
-            if client is not None and png:
+            pngs += [png] if png else []
+        if rank == 0 and final:  # the method's own pictures (MAE: reconstructions), of held-out images if any
+            images = test.images[:8] if test is not None else batch[workload.view_columns[0]][:8].cpu()
+            pngs += _pictures(workload.pictures, core, images, cfg)
+        if client is not None:
+            for png in pngs:
                 try:
                     client.log_artifact(run_id, png, "plots")
                 except Exception as err:  # the tracking server may be away; training goes on
-                    log(f"MLflow: could not log the embedding plot ({redact(str(err))[:200]})")
+                    log(f"MLflow: could not log {os.path.basename(png)} ({redact(str(err))[:200]})")
         state.epoch = epoch
         state.history.append(record)
         if rank == 0:
@@ -295,6 +307,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(record, save and rank == 0, core, optimizer, state, cfg, run_id)
         if client is not None and save:
             _flush(client, run_id, state)
+
+
+def _pictures(draw: Any, model: nn.Module, images: torch.Tensor, cfg: Config) -> list[str]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return list(draw(model, images, cfg, tempfile.mkdtemp()))
+    finally:
+        model.train(was_training)
 
 
 def _report(record: dict[str, float], with_checkpoint: bool, model: nn.Module,

@@ -24,11 +24,10 @@ import os
 import re
 import secrets
 import shlex
-import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,8 +41,9 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from orchestrator import plots, tracking
 from orchestrator.errors import UserError
 from orchestrator.runs_cli import KIND_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
-from orchestrator.train import RayOptions, failure_message, storage_path, train
+from orchestrator.train import RayOptions, failure_message, ray_session, start_local_ray, storage_path, train
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
+from workloads.methods import method
 
 SPEC_FILE = "simclr_sweep.json"  # in the Tune experiment folder: what --resume needs to rebuild the trainable
 BASE_CONFIG_FILE = "base_config.yaml"  # beside it: the config every trial starts from, for `simclr train --config`
@@ -51,7 +51,6 @@ TRIAL_CPU = 0.1  # the function trainable's own reservation (Tune refuses 0)
 MIN_CPUS_PER_WORKER = 0.1
 TRIAL_TAG = "simclr.trial_id"
 BEST_TRIAL_TAG = "simclr.best_trial"  # run name of the best trial, on the parent
-DEFAULT_SEARCH = ("loss.temperature=loguniform(0.05,1.0)", "aug.strength=uniform(0.25,1.5)")
 # Fields the sweep owns or needs fixed across trials (resources, ASHA's max_t, where runs go).
 FIXED_KEYS = ("train.name", "train.storage_path", "train.workers", "train.cpus_per_worker", "train.use_gpu",
               "train.epochs", "tracking.uri", "tracking.experiment")
@@ -481,7 +480,7 @@ class SweepOutcome:
 class TuneOptions:
     """The sweep's own settings (the trials' training settings are the Config)."""
 
-    search: Sequence[str] = ()  # --search texts; empty -> DEFAULT_SEARCH
+    search: Sequence[str] = ()  # --search texts; empty -> the method's default space
     num_samples: int = 4
     scheduler: str = "asha"  # asha | none
     search_alg: str = "random"  # random | grid | optuna
@@ -493,7 +492,7 @@ class TuneOptions:
 
 
 def generated_name(cfg: Config) -> str:
-    return f"tune-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"tune-{cfg.method}-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _absolute(cfg: Config) -> Config:
@@ -547,57 +546,18 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
         raise UserError("--metric linear_probe_top1 exists only after the last epoch; ASHA needs a metric every "
                         "epoch: use --scheduler none or --metric knn_top1")
     texts = list(file_search) + list(opts.search)
-    dims = parse_search(texts or DEFAULT_SEARCH)
+    dims = parse_search(texts or method(cfg.method).search)
     validate_space(cfg, dims, opts.search_alg)
     return dims
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_ray_for_tune(num_cpus: int = 0, object_store_mb: int = 0) -> None:
-    """A local Ray *with its dashboard*, whose workers know where its State API is.
-
-    Train V2's PlacementGroupCleaner asks the State API whether a trial's TorchTrainer controller died
-    and then frees its workers' placement group; without it, every trial ASHA stops keeps its CPUs
-    and the next trial waits forever (ENVIRONMENT.md). The cleaner finds the API from inside a worker;
-    with several Ray instances on one machine that lookup fails ("Found multiple active Ray
-    instances"), so the job's runtime_env names the dashboard's address (RAY_API_SERVER_ADDRESS).
-    """
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    mem = object_store_mb * 2**20 or min(int(0.3 * total), 4 * 2**30)
-    port = _free_port()
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=mem,
-             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    """A local Ray with its dashboard, which Train V2's placement-group cleanup needs (see start_local_ray)."""
+    start_local_ray(num_cpus, object_store_mb, dashboard=True)
 
 
-@contextmanager
-def tune_session(opts: RayOptions) -> Iterator[None]:
-    """Use the Ray this process is connected to, else connect to ``--address``, else start one
-    (``start_ray_for_tune``); shut down only what this call started."""
-    if ray.is_initialized():
-        yield
-        return
-    address = opts.address or os.environ.get("RAY_ADDRESS", "")
-    try:
-        if address:
-            # host:port: tell this job's workers too, for the same State API lookup as start_ray_for_tune
-            direct = address not in ("auto", "local") and "://" not in address
-            ray.init(address=address, log_to_driver=True,
-                     runtime_env={"env_vars": {"RAY_ADDRESS": address}} if direct else None)
-        else:
-            start_ray_for_tune(opts.num_cpus, opts.object_store_mb)
-    except ConnectionError as err:
-        raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def tune_session(opts: RayOptions) -> AbstractContextManager[None]:
+    return ray_session(opts, dashboard=True)
 
 
 def _check_dashboard(scheduler: str) -> None:

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from orchestrator.cli import config_flags, config_overrides, ray_flags, ray_options
-from orchestrator.config_io import load_yaml, parse_assignment
-from workloads.config import Config, set_dotted
-from workloads.recipes import recipe
+from orchestrator.config_io import load_yaml, resolve
+from workloads.config import Config
 
 EXIT_NO_RESULT = 1
 EXIT_INTERRUPTED = 130
@@ -45,34 +44,21 @@ def register(sub: Any) -> None:
 
 
 def resolve_with_search(recipe_name: str, config_path: str, sets: Sequence[str],
-                        extra: dict[str, Any]) -> tuple[Config, list[str]]:
+                        extra: dict[str, Any], method_name: str = "") -> tuple[Config, list[str]]:
     """``config_io.resolve`` for a file that may also hold a ``search:`` section (not part of Config)."""
     from orchestrator.tune import search_from_yaml
 
     file_data = load_yaml(config_path) if config_path else {}
     search = search_from_yaml(file_data.pop("search", None))
-    name = recipe_name or str(file_data.pop("recipe", "") or "digits")
-    file_data.pop("recipe", None)
-    data = recipe(name).to_dict()
-    for section, fields in file_data.items():
-        if isinstance(fields, dict):
-            for key, value in fields.items():
-                set_dotted(data, f"{section}.{key}", value)
-        else:
-            data[section] = fields
-    for text in sets:
-        key, value = parse_assignment(text)
-        set_dotted(data, key, value)
-    for key, value in extra.items():
-        set_dotted(data, key, value)
-    return Config.from_dict(data), search
+    return resolve(recipe_name, config_path, sets, extra, method_name, file_data), search
 
 
 def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import tune
     from orchestrator.train import storage_path
 
-    cfg, file_search = resolve_with_search(args.recipe, args.config, args.set, config_overrides(args))
+    cfg, file_search = resolve_with_search(args.recipe, args.config, args.set, config_overrides(args),
+                                            args.method)
     if args.resume:
         outcome = tune.resume_sweep(args.resume, storage_path(cfg), ray_options(args))
     else:

@@ -8,6 +8,7 @@ with an error that names the dotted field and the allowed range (torchtitan-styl
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ def _check(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{section}.{name} must be {rule}; got {value!r}")
 
+
+METHOD_NAMES = ("simclr", "moco", "mae", "inpaint")  # the keys of workloads.methods.METHODS
 
 DATA_SOURCES = (
     "digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist",
@@ -108,17 +111,21 @@ class ModelConfig:
     """Encoder and projection head."""
 
     section: ClassVar[str] = "model"
-    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet
+    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet | vit (MAE only)
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool: for images <= 64 px
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet stage widths
     blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet blocks per stage
     proj_hidden_dim: int = 0  # 0: the encoder's feature dimension
     proj_dim: int = 128
     proj_layers: int = 2
+    patch_size: int = 2  # vit: side of a square patch in pixels (the image side must be a multiple)
+    vit_dim: int = 128  # vit: token width
+    vit_depth: int = 4  # vit: transformer blocks
+    vit_heads: int = 4  # vit: attention heads (vit_dim must be a multiple)
 
     def __post_init__(self) -> None:
         s = self.section
-        archs = ("resnet18", "resnet34", "resnet50", "small_resnet")
+        archs = ("resnet18", "resnet34", "resnet50", "small_resnet", "vit")
         _check(self.arch in archs, s, "arch", f"one of {', '.join(archs)}", self.arch)
         _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), s, "widths",
                "a non-empty list of positive ints", self.widths)
@@ -128,6 +135,15 @@ class ModelConfig:
                self.proj_hidden_dim)
         _check(self.proj_dim >= 1, s, "proj_dim", ">= 1", self.proj_dim)
         _check(self.proj_layers in (2, 3), s, "proj_layers", "2 or 3", self.proj_layers)
+        _check(self.patch_size >= 1, s, "patch_size", ">= 1", self.patch_size)
+        _check(self.vit_depth >= 1, s, "vit_depth", ">= 1", self.vit_depth)
+        _check(self.vit_heads >= 1, s, "vit_heads", ">= 1", self.vit_heads)
+        # multiples of 4: the 2-D sin-cos position embedding splits the width into 4 parts
+        _check(self.vit_dim >= 4 and self.vit_dim % math.lcm(4, self.vit_heads) == 0, s, "vit_dim",
+               f"a positive multiple of 4 and of model.vit_heads ({self.vit_heads})", self.vit_dim)
+
+
+AUTO_CHUNK_ROWS = 1024
 
 
 @dataclass
@@ -137,9 +153,57 @@ class LossConfig:
     section: ClassVar[str] = "loss"
     temperature: float = 0.5
     gather: bool = True  # negatives from every worker (SimCLR); False: only the worker's own batch
+    # logits computed this many anchor rows at a time, recomputed in backward: memory O(rows x 2N) for
+    # no loss of speed (docs/BENCHMARKS.md). -1: auto (1024 rows once a worker has more anchors); 0: off
+    chunk_rows: int = -1
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0.0, self.section, "temperature", "> 0", self.temperature)
+        _check(self.chunk_rows >= -1, self.section, "chunk_rows", ">= -1 (-1: auto, 0: off)", self.chunk_rows)
+
+    def rows_per_chunk(self, local_anchors: int) -> int:
+        """``chunk_rows`` resolved for a worker with ``local_anchors`` anchors (2 x its batch)."""
+        if self.chunk_rows >= 0:
+            return self.chunk_rows
+        return AUTO_CHUNK_ROWS if local_anchors > AUTO_CHUNK_ROWS else 0
+
+
+@dataclass
+class MoCoConfig:
+    """MoCo v2 (He et al. 2020; Chen et al. 2020, arXiv:2003.04297): key encoder and queue."""
+
+    section: ClassVar[str] = "moco"
+    momentum: float = 0.999  # key encoder: key <- m*key + (1-m)*query after every step
+    momentum_schedule: str = "constant"  # constant | cosine (m rises to 1 over training, as BYOL)
+    queue_size: int = 65536  # negatives kept from earlier batches (4096 for small datasets)
+    shuffle_bn: bool = True  # shuffle the key batch across workers so BN cannot leak (MoCo §3.3)
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
+        _check(self.momentum_schedule in ("constant", "cosine"), s, "momentum_schedule", "constant or cosine",
+               self.momentum_schedule)
+        _check(self.queue_size >= 1, s, "queue_size", ">= 1", self.queue_size)
+
+
+@dataclass
+class MAEConfig:
+    """Masked image modelling: MAE (He et al. 2021) on a ViT, and CNN inpainting (Pathak et al. 2016)."""
+
+    section: ClassVar[str] = "mae"
+    mask_ratio: float = 0.75  # mae: fraction of patches masked per image; inpaint: area of the masked block
+    norm_pix_loss: bool = False  # targets are per-patch normalised pixels (MAE §A.1)
+    decoder_dim: int = 64  # mae: decoder token width
+    decoder_depth: int = 2  # mae: decoder transformer blocks
+    decoder_heads: int = 4  # mae: decoder attention heads
+
+    def __post_init__(self) -> None:
+        s = self.section
+        _check(0.0 < self.mask_ratio < 1.0, s, "mask_ratio", "in (0, 1)", self.mask_ratio)
+        _check(self.decoder_depth >= 1, s, "decoder_depth", ">= 1", self.decoder_depth)
+        _check(self.decoder_heads >= 1, s, "decoder_heads", ">= 1", self.decoder_heads)
+        _check(self.decoder_dim >= 4 and self.decoder_dim % math.lcm(4, self.decoder_heads) == 0, s, "decoder_dim",
+               f"a positive multiple of 4 and of mae.decoder_heads ({self.decoder_heads})", self.decoder_dim)
 
 
 @dataclass
@@ -156,6 +220,7 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     final_lr: float = 0.0  # learning rate at the last step
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    betas: tuple[float, ...] = (0.9, 0.999)  # adamw's (beta1, beta2); MAE uses (0.9, 0.95)
 
     def __post_init__(self) -> None:
         s = self.section
@@ -169,6 +234,8 @@ class OptimConfig:
         _check(self.warmup_epochs >= 0.0, s, "warmup_epochs", ">= 0", self.warmup_epochs)
         _check(self.final_lr >= 0.0, s, "final_lr", ">= 0", self.final_lr)
         _check(self.grad_clip >= 0.0, s, "grad_clip", ">= 0 (0 = off)", self.grad_clip)
+        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), s, "betas",
+               "two numbers in [0, 1), e.g. [0.9, 0.999]", self.betas)
 
 
 @dataclass
@@ -267,17 +334,32 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
     def __post_init__(self) -> None:
-        _check(self.method == "simclr", "config", "method", "'simclr'", self.method)
+        _check(self.method in METHOD_NAMES, "config", "method", f"one of {', '.join(METHOD_NAMES)}", self.method)
+        if self.model.arch == "vit":
+            _check(self.method == "mae", "model", "arch", "a ResNet for method " + repr(self.method) +
+                   " (vit is for method 'mae')", self.model.arch)
+        if self.method in ("mae", "inpaint"):  # the patch grid of the ViT and of the masks
+            _check(self.data.image_size % self.model.patch_size == 0, "model", "patch_size",
+                   f"a divisor of data.image_size ({self.data.image_size})", self.model.patch_size)
+        if self.method == "mae" and self.model.arch != "vit":
+            _check(False, "model", "arch", "'vit' for method 'mae' (CNN inpainting is method 'inpaint')",
+                   self.model.arch)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys."""
+        """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys.
+
+        Sections of other methods are left out (a SimCLR run has no ``moco.*`` params)."""
         flat: dict[str, Any] = {}
         for key, value in self.to_dict().items():
+            if key in METHOD_SECTIONS and self.method not in METHOD_SECTIONS[key]:
+                continue
             if isinstance(value, dict):
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
@@ -294,6 +376,10 @@ class Config:
         for dotted, value in overrides.items():
             set_dotted(data, dotted, value)
         return Config.from_dict(data)
+
+
+# method-specific sections and the methods that read them
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "mae": ("mae", "inpaint"), "loss": ("simclr", "moco")}
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -66,7 +66,13 @@ def imagenet() -> Config:
 RECIPES: dict[str, Callable[[], Config]] = {"digits": digits, "cifar10": cifar10, "imagenet": imagenet}
 
 
-def recipe(name: str) -> Config:
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]()
+def recipe(name: str, method: str = "simclr") -> Config:
+    """The named recipe of a method (SimCLR's are above; each method module has its own)."""
+    from workloads.methods import method as find  # the methods import their recipes from here
+
+    recipes = find(method).recipes
+    if name not in recipes:
+        known = ", ".join(recipes)
+        raise ConfigError(f"unknown recipe {name!r}" + (f" for method {method!r}" if method != "simclr" else "")
+                          + f"; choose one of {known}")
+    return recipes[name]()

@@ -58,3 +58,19 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
     path.write_text("loss:\n  temprature: 0.3\n")
     with pytest.raises(ConfigError, match="unknown key 'loss.temprature'"):
         resolve("", str(path))
+
+
+def test_method_picks_whose_recipe_is_the_base(tmp_path: Path) -> None:
+    assert resolve("digits", method_name="moco").method == "moco"
+    assert resolve("digits", method_name="moco").moco.queue_size == 1024  # MoCo's digits recipe, not the default
+    assert resolve("", "", ["method=mae"]).model.arch == "vit"  # --set method=... too
+    path = tmp_path / "c.yaml"
+    path.write_text("method: mae\nmae: {mask_ratio: 0.6}\n")
+    cfg = resolve("", str(path))
+    assert cfg.method == "mae" and cfg.mae.mask_ratio == 0.6 and cfg.model.arch == "vit"
+    assert resolve("", str(path), method_name="inpaint").method == "inpaint"  # the flag beats the YAML
+
+
+def test_unknown_recipe_of_a_method_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'imagenet' for method 'mae'; choose one of digits, cifar10"):
+        resolve("imagenet", method_name="mae")

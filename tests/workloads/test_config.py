@@ -23,7 +23,7 @@ from workloads.recipes import RECIPES, recipe
         ("aug.strength", -1.0, "aug.strength must be in [0, 4]"),
         ("aug.min_scale", 0.0, "aug.min_scale must be in (0, 1]"),
         ("aug.flip_p", 1.5, "aug.flip_p must be a probability in [0, 1]"),
-        ("model.arch", "vit", "model.arch must be one of"),
+        ("model.arch", "vgg16", "model.arch must be one of"),
         ("model.widths", [], "model.widths must be a non-empty list"),
         ("model.blocks", [1], "model.blocks must be a list of positive ints as long as model.widths"),
         ("model.proj_layers", 4, "model.proj_layers must be 2 or 3"),

@@ -1,0 +1,89 @@
+"""The workload interface: what a self-supervised method gives the orchestrator, and nothing more.
+
+The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at these points:
+
+1. ``views(images, cfg, generator)`` in Ray Data's CPU tasks: decoded uint8 images (B, 3, S, S) to the
+   named tensors streamed to training (SimCLR, MoCo: two augmented views; MAE: one view and a patch
+   mask). uint8 and bool only, so the bytes moved stay small; normalisation happens on the device.
+2. ``build_model(cfg)`` on every train worker: a module with ``encoder`` (images (N, 3, S, S) ->
+   features (N, F), what kNN, the linear probe and the exported MLflow model use) and ``features``.
+3. ``trainable(model)``: the module whose parameters the optimiser updates (MoCo: not the key encoder).
+4. ``loss(net, batch, cfg)`` at every step: the scalar loss of one batch on the training device.
+   ``net.forward`` is the gradient-carrying call through DDP and autocast; ``net.core`` the module
+   itself (for MoCo's key encoder and queue); ``net.image`` turns a uint8 batch into model input.
+5. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
+6. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
+
+Methods live in a plain dict, ``workloads.methods.METHODS``; there is no registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from workloads.config import Config
+
+# ImageNet channel statistics; views travel as uint8 and are normalised on the training device.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def normalize(views: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) on any device -> float normalised with the ImageNet channel statistics."""
+    mean = torch.tensor(MEAN, device=views.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=views.device).view(1, 3, 1, 1)
+    return (views.float().div_(255.0) - mean) / std
+
+
+def denormalize(x: Tensor) -> Tensor:
+    """The inverse of ``normalize``, to uint8 (for pictures of reconstructions)."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return ((x.float() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class Net:
+    """What ``Method.loss`` may call on a train worker."""
+
+    forward: Callable[..., Any]  # the model through DDP (and autocast): gradients flow and are all-reduced
+    core: nn.Module  # the model itself, unwrapped: for no-grad parts (MoCo's key encoder, queue)
+    image: Callable[[Tensor], Tensor]  # uint8 (B, 3, S, S) on the device -> normalised float input
+    autocast: Callable[[], AbstractContextManager[Any]]  # the run's autocast, for forwards outside `forward`
+
+
+class Method:
+    """Base of every workload. Subclasses override what their method does differently."""
+
+    name: str = ""
+    # streamed columns that are images (uint8 B x 3 x S x S); the first is shown in the views picture
+    view_columns: tuple[str, ...] = ("view0", "view1")
+    # DistributedDataParallel keyword arguments (MoCo: no buffer broadcast of its queue each step)
+    ddp_kwargs: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
+    recipes: dict[str, Callable[[], Config]] = {}  # noqa: RUF012
+    search: tuple[str, ...] = ()  # default `simclr tune` search space, as --search texts
+
+    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:
+        """Called on every worker after each optimiser step; ``step`` counts from 1."""
+
+    def pictures(self, model: nn.Module, images: Tensor, cfg: Config, folder: str) -> list[str]:
+        """PNG files worth looking at after training (MAE: input / masked / reconstruction); rank 0."""
+        return []

@@ -1,0 +1,129 @@
+"""MoCo v2 (He et al. 2020, arXiv:1911.05722; Chen et al. 2020, arXiv:2003.04297) as a workload.
+
+Two augmented views: view0 is the query, encoded by f_q through DDP; view1 the key, encoded by the
+momentum encoder f_k without gradient. InfoNCE against the positive key and a queue of earlier keys;
+the keys then join the queue. Asymmetric, as in the paper: only view0 is back-propagated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from workloads import recipes as simclr_recipes
+from workloads.config import Config, ConfigError
+from workloads.encoders import build_encoder
+from workloads.method import Method, Net
+from workloads.moco.loss import info_nce
+from workloads.moco.model import MoCoModel, mlp_head
+from workloads.simclr.method import two_views
+
+
+def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
+    """Key-encoder momentum after optimiser step ``step`` of ``total_steps``.
+
+    "constant": ``base`` (MoCo). "cosine": 1 − (1 − base)·(cos(π·step/total) + 1)/2, rising from
+    ``base`` at step 0 to 1 at the end (BYOL, Grill et al. 2020, §3.2; solo-learn's MoCo v2+).
+    """
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"momentum schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0; got total_steps={total_steps}")
+    progress = min(max(step / total_steps, 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def _moco(model: nn.Module) -> MoCoModel:
+    if not isinstance(model, MoCoModel):
+        raise TypeError(f"the MoCo workload needs the MoCoModel from MoCo.build_model; got {type(model).__name__}")
+    return model
+
+
+def digits() -> Config:
+    """SimCLR's digits recipe (LARS, batch 128, 25 epochs) with MoCo v2's settings: τ 0.2, m 0.99, blur.
+
+    The queue (1024) is smaller than the 1,438 pretraining images: a longer queue holds keys of every
+    image, the query's own included, from earlier steps as negatives (with 4096 the loss stalls near
+    6.5 instead of 5.2; kNN about the same). LARS kept: on 2 gloo workers it reached kNN 0.989 vs 0.983
+    for SGD at lr 0.06·B/256 (one seed each; 359 test images, so ±0.006). Blur at 16 px is a 3-pixel
+    kernel; kept at p 0.5 as MoCo v2's aug+ has it (SIMCLR.md turns it off for SimCLR at this size).
+    """
+    return simclr_recipes.digits().replace({
+        "method": "moco",
+        "aug.blur_p": 0.5,
+        "loss.temperature": 0.2,
+        "moco.queue_size": 1024,
+        "moco.momentum": 0.99,
+    })
+
+
+def cifar10() -> Config:
+    """facebookresearch/moco's CIFAR-10 demo (colab/moco_cifar10_demo.ipynb): ResNet-18 with the CIFAR
+    stem, batch 512, SGD lr 0.06 (0.03·B/256), wd 5e-4, cosine, K 4096, m 0.99, no blur; 800 epochs
+    give 88.7% kNN (asymmetric loss). The demo's head is linear with τ 0.1; with MoCo v2's MLP head we
+    use τ 0.2, as MoCo v2 and solo-learn's CIFAR mocov2plus do.
+    """
+    return simclr_recipes.cifar10().replace({
+        "method": "moco",
+        "aug.blur_p": 0.0,
+        "loss.temperature": 0.2,
+        "moco.queue_size": 4096,
+        "moco.momentum": 0.99,
+        "optim.name": "sgd",
+        "optim.lr": 0.03,
+        "optim.lr_scaling": "linear",
+        "optim.weight_decay": 5e-4,
+        "optim.warmup_epochs": 0.0,
+        "train.epochs": 800,
+        "train.batch_size": 512,
+    })
+
+
+class MoCo(Method):
+    name = "moco"
+    # The queue is identical on every rank by construction (every rank enqueues the same gathered
+    # keys); broadcasting it from rank 0 before every forward would move K·D floats (32 MB at
+    # 65536 x 128) per step for nothing. forward_sync_buffers (torch >= 2.13) still broadcasts every
+    # buffer once at DDP construction, so all ranks start from rank 0's queue; the deprecated
+    # broadcast_buffers=False would skip that too.
+    ddp_kwargs = {"forward_sync_buffers": False}  # noqa: RUF012 - read-only class default
+    recipes = {"digits": digits, "cifar10": cifar10}  # noqa: RUF012
+    search = ("loss.temperature=loguniform(0.05,0.5)", "moco.momentum=uniform(0.9,0.999)",
+              "moco.queue_size=choice(1024,4096,16384)")
+
+    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+        return two_views(images, cfg, generator)  # MoCo v2's aug+ is SimCLR's augmentation
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        m = cfg.model
+        if m.arch == "vit":
+            raise ConfigError("model.arch must be a ResNet for method 'moco'; got 'vit'")
+        encoder, num_features = build_encoder(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks)
+        head = mlp_head(num_features, m.proj_hidden_dim or num_features, m.proj_dim, num_layers=m.proj_layers)
+        return MoCoModel(encoder, head, dim=m.proj_dim, queue_size=cfg.moco.queue_size,
+                         shuffle_bn=cfg.moco.shuffle_bn)
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """f_q only: the key encoder moves by momentum, never by the optimiser."""
+        core = _moco(model)
+        return nn.ModuleDict({"encoder": core.encoder, "head": core.head})
+
+    def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
+        core = _moco(net.core)
+        q = net.forward(net.image(batch["view0"]))  # queries: N x D, through DDP
+        with torch.no_grad(), net.autocast():
+            k = core.keys(batch["view1"], to_input=net.image)  # keys: N x D, no gradient
+        # clone: enqueue below rewrites the queue in place, and q's gradient needs the old one
+        loss = info_nce(q, k, core.queue.clone().detach(), cfg.loss.temperature)
+        core.enqueue(k)
+        return loss
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:
+        """f_k ← m·f_k + (1 − m)·f_q. The reference does this at the start of the next forward; doing it
+        after the optimiser step is the same sequence of key encoders."""
+        m = momentum_at(step, total_steps, cfg.moco.momentum, cfg.moco.momentum_schedule)
+        _moco(model).momentum_update(m)
