@@ -46,7 +46,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
 
 @pytest.fixture(scope="module")
 def end_to_end(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """bench/end_to_end.py --quick --json: a local Ray and one tiny `simclr train` (about a minute)."""
+    """bench/end_to_end.py --quick --json: the plain PyTorch loop, one epoch of a tiny model."""
     return _result("end_to_end", _start("end_to_end", tmp_path_factory.mktemp("bench_e2e")))
 
 
@@ -87,13 +87,13 @@ def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]
         assert r["logits_bytes_ours"] * r["workers"] == r["logits_bytes_naive"]
 
 
-@pytest.mark.slow
 def test_end_to_end_reports_images_per_second_and_data_wait(end_to_end: dict[str, Any]) -> None:
+    """--quick runs the plain loop only; our side is `simclr train`, run end to end in tests/orchestrator."""
     _check_header(end_to_end, "end_to_end")
-    for side in (end_to_end["baseline"], end_to_end["ours"]["1"]):
-        assert _positive(side["images_per_s"])
-        assert 0.0 <= side["data_wait_frac"] <= 1.0
-    assert _positive(end_to_end["ratio_ours_over_baseline"]["1"])
+    side = end_to_end["baseline"]
+    assert _positive(side["images_per_s"])
+    assert 0.0 <= side["data_wait_frac"] <= 1.0
+    assert end_to_end["ours"] == {} and end_to_end["ratio_ours_over_baseline"] == {}
 
 
 def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict[str, Any]]) -> None:

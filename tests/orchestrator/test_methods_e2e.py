@@ -1,5 +1,5 @@
-"""Every method beyond SimCLR end to end: `simclr train --method M` on digits with 2 workers, and a
-2-trial `simclr tune --method M` sweep. SimCLR's own runs are in test_train_e2e.py and test_tune.py."""
+"""MoCo and MAE end to end: `simclr train --method M` on digits with 2 workers, and a 2-trial
+`simclr tune --method M` sweep. SimCLR's own runs are in test_train_e2e.py and test_tune.py."""
 
 from __future__ import annotations
 
@@ -20,16 +20,14 @@ from orchestrator import cli, tune
 from orchestrator.train_loop import STATE_FILE
 from workloads.methods import method
 
-METHODS = ("moco", "mae", "inpaint")
+# The issue's methods. Inpainting, the baseline, shares MAE's single-view + mask path through Ray Data
+# and Ray Train; its own parts are unit-tested (tests/workloads/test_mae.py, test_methods.py) and its
+# 25-epoch run is in docs/METHODS.md. Left out here to keep the suite under 20 minutes on 2 cores.
+METHODS = ("moco", "mae")
 # Each method's own digits recipe, shortened for CI to as few epochs as show it learning.
-TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": [], "inpaint": []}
-TRAIN_EPOCHS = {"moco": 5, "mae": 2, "inpaint": 4}  # MAE: its kNN dips from epoch 3 (docs/METHODS.md)
-# kNN at the end must beat kNN at initialisation (epoch 0) of the same run. Inpainting, the baseline,
-# only moves kNN by about +-0.01 in a short run (+0.02 over the full 25 epochs, docs/METHODS.md), less
-# than the 359 held-out images resolve: its test asserts that the reconstruction loss falls instead.
-KNN_MUST_RISE = {"moco": True, "mae": True, "inpaint": False}
+TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": []}
+TRAIN_EPOCHS = {"moco": 5, "mae": 2}  # MAE: its kNN dips from epoch 3 (docs/METHODS.md)
 COMMON_SETS = ["eval.linear_probe_epochs=10"]
-SWEPT = ("moco", "mae")
 # Sweeps: two trials at once, one worker each, one epoch of synthetic images without labels (no
 # evaluation; the metric is the loss).
 SWEEP_SETS = {"data.source": "synthetic", "data.num_samples": 256, "data.image_size": 16,
@@ -47,12 +45,11 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """`simclr train --method M --recipe digits --workers 2` for every method, the three at once.
+    """`simclr train --method M --recipe digits --workers 2` for each method, started together.
 
-    Each is its own local Ray of 2 CPUs; they share the 2 cores. At once, because most of a short
-    run is start-up and shut-down (Ray, the TorchTrainer's worker group, MLflow), which overlap well:
-    the three take about as long as two one after the other. Output goes to files, not pipes, so no
-    process blocks on a full pipe while another is read.
+    Each is its own local Ray of 2 CPUs sharing the 2 cores (measured: 175 s together against 186 s one
+    after the other). Output goes to files, not pipes, so no process blocks on a full pipe while
+    another is read.
     """
     procs = {}
     for name in METHODS:
@@ -97,14 +94,11 @@ def test_method_trains_on_digits_with_two_workers_and_beats_its_initial_knn(
     assert {0, TRAIN_EPOCHS[name]} <= set(knn)  # at initialisation and at the end
     loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(loss) == TRAIN_EPOCHS[name]
-    if KNN_MUST_RISE[name]:
-        assert knn[TRAIN_EPOCHS[name]] > knn[0], f"{name}: kNN top-1 by epoch {knn}"
-    else:
-        assert loss[-1] < 0.5 * loss[0], f"{name}: loss by epoch {loss}"
+    assert knn[TRAIN_EPOCHS[name]] > knn[0], f"{name}: kNN top-1 by epoch {knn}"  # above initialisation
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/augmented_views.png", "plots/curves.png", "plots/embedding.png"} <= artifacts
-    if name in ("mae", "inpaint"):
-        assert any(a.endswith("reconstructions.png") for a in artifacts)  # input, masked input, reconstruction
+    if name == "mae":
+        assert "plots/mae_reconstructions.png" in artifacts  # input, masked input, reconstruction
     state = torch.load(os.path.join(out["checkpoint"], STATE_FILE), map_location="cpu", weights_only=True)
     if name == "moco":  # the checkpoint carries the key encoder and the queue
         assert any(k.startswith("key_encoder.") for k in state["model"])
@@ -115,12 +109,12 @@ def test_method_trains_on_digits_with_two_workers_and_beats_its_initial_knn(
 @pytest.mark.slow
 def test_two_trial_sweep_of_each_methods_default_space(tmp_path: Path) -> None:
     """One sweep per method, one after the other on one local Ray (its start-up is paid once). SimCLR's
-    sweeps are in test_tune.py; inpainting, the baseline, shares MAE's search field and tune path."""
+    sweeps are in test_tune.py."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results: dict[str, tuple[int, str]] = {}
     tune.start_ray_for_tune(num_cpus=2, object_store_mb=300)
     try:
-        for name in SWEPT:
+        for name in METHODS:
             args = ["tune", "--method", name, "--name", f"sw-{name}", "--epochs", "1", "--tracking-uri", uri,
                     "--set", f"train.storage_path={tmp_path}/runs", "--num-samples", "2", "--scheduler", "none",
                     "--max-concurrent", "2", "--json"]
