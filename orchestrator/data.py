@@ -238,15 +238,15 @@ def _find_user_error(err: BaseException | None) -> UserError | None:
 
 
 def augment_batch(batch: dict[str, np.ndarray], aug: dict[str, Any], image_size: int,
-                  cfg: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                  cfg: Config | None = None) -> dict[str, np.ndarray]:
     """Ray Data UDF: (B, S, S, 3) uint8 -> the method's views (SimCLR: two (B, 3, s, s) uint8 views).
 
-    ``cfg`` is the whole run config (the method's views may read more than ``aug``); without it,
-    SimCLR's views with ``aug`` at ``image_size``. Each call draws a fresh seed: Ray worker processes
-    all start from torch's fixed default seed, so without it every task would draw the same "random"
-    crops.
+    ``cfg`` is the whole run config, already typed (validating a dict costs about 1 ms, 6% of a
+    128-image batch at 16 px); without it, SimCLR's views with ``aug`` at ``image_size``. Each call
+    draws a fresh seed: Ray worker processes all start from torch's fixed default seed, so without it
+    every task would draw the same "random" crops.
     """
-    config = Config.from_dict(cfg if cfg is not None else {"aug": aug, "data": {"image_size": image_size}})
+    config = cfg if cfg is not None else Config.from_dict({"aug": aug, "data": {"image_size": image_size}})
     images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)  # B x 3 x S x S
     gen = torch.Generator().manual_seed(secrets.randbits(63))
     views = method(config.method).views(images, config, gen)
@@ -259,8 +259,7 @@ def augmented(ds: ray.data.Dataset, aug: AugConfig, data: DataConfig, cfg: Confi
     if data.augment_workers:
         kwargs["concurrency"] = data.augment_workers
     return ds.select_columns(["image"]).map_batches(
-        partial(augment_batch, aug=asdict(aug), image_size=data.image_size,
-                cfg=cfg.to_dict() if cfg is not None else None),
+        partial(augment_batch, aug=asdict(aug), image_size=data.image_size, cfg=cfg),
         batch_size=data.augment_batch_size, **kwargs,
     )
 

@@ -6,6 +6,7 @@ read it, so the same code runs in a plain script, under torchrun, or inside a Ra
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -62,3 +63,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     out: torch.Tensor = _GatherWithGrad.apply(x)
     return out
+
+
+def autocast_disabled(device_type: str) -> AbstractContextManager[object]:
+    """Turn autocast off for this device type (a no-op where the device has no autocast): losses
+    compute in float32 whatever the forward ran in."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()

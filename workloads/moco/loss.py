@@ -5,18 +5,11 @@ Batch size and queue size are read from the tensors on every call, never from co
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _autocast_disabled(device_type: str) -> AbstractContextManager[object]:
-    """Turn autocast off for this device type (a no-op where the device has no autocast)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
+from workloads.dist import autocast_disabled
 
 
 def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
@@ -41,7 +34,7 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
         raise ValueError(f"queue must be (K, {q.shape[1]}) like q's rows, got {tuple(queue.shape)}")
 
     dtype = torch.promote_types(q.dtype, torch.float32)  # half/bfloat16 -> float32, float64 kept
-    with _autocast_disabled(q.device.type):
+    with autocast_disabled(q.device.type):
         q, k, queue = q.to(dtype), k.to(dtype), queue.to(dtype)
         l_pos = (q * k).sum(dim=1, keepdim=True)  # positive logits: N x 1
         l_neg = q @ queue.T  # negative logits: N x K

@@ -6,7 +6,6 @@ from config, so the last (smaller) batch and any number of workers give the righ
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -14,13 +13,6 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from workloads import dist
-
-
-def _autocast_disabled(device_type: str) -> AbstractContextManager[object]:
-    """Turn autocast off for this device type (a no-op where the device has no autocast)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
 
 
 def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float, gather: bool = True,
@@ -53,7 +45,7 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float, gather: bool
         raise ValueError("z0 and z1 must hold at least one row (N >= 1), got N = 0")
 
     dtype = torch.promote_types(z0.dtype, torch.float32)  # half/bfloat16 -> float32, float64 kept
-    with _autocast_disabled(z0.device.type):
+    with dist.autocast_disabled(z0.device.type):
         z0 = F.normalize(z0.to(dtype), dim=1)  # (N, D)
         z1 = F.normalize(z1.to(dtype), dim=1)  # (N, D)
 
@@ -125,7 +117,7 @@ class _ChunkedNTXent(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         anchors, candidates, self_cols, pos_cols, lse = ctx.saved_tensors
         temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
-        with _autocast_disabled(anchors.device.type):  # backward may be called inside an autocast region
+        with dist.autocast_disabled(anchors.device.type):  # backward may be called inside an autocast region
             scale = grad.to(anchors.dtype) / (anchors.shape[0] * temperature)  # d(mean)/d(row loss), d(logit)/d(sim)
             grad_anchors = torch.empty_like(anchors)  # (2N, D)
             grad_candidates = torch.zeros_like(candidates)  # (2*W*N, D)
