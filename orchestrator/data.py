@@ -1,24 +1,26 @@
-"""Ray Data pipeline: read -> decode (once, cached) -> augment into two views -> train workers.
+"""Ray Data preparation: read -> decode (once, cached) -> the row store the training stream draws from.
 
-The decoded images are materialised in the object store when they fit, so every epoch pays only
-for augmentation, which runs as Ray Data map tasks on CPU workers with fresh random parameters each
-epoch (the augmentation comes after ``materialize()``, never before). Ray Train then
-``streaming_split``s the augmented stream across the train workers (``datasets_to_split=["train"]``);
-the labelled evaluation splits go whole to every worker and only rank 0 reads them.
+The decoded images are materialised in the object store when they fit (half of it), so every epoch
+pays only for augmentation; otherwise image files are read and decoded again in each epoch's tasks
+(Parquet keeps its encoded bytes in the store). Decoding keeps the whole image, aspect ratio and
+all (``data.center_square`` keeps only the centre square), so crops are drawn from all of it. The
+per-epoch order and the views are ``orchestrator.stream``'s. The labelled evaluation sets (the kNN
+bank and its queries) are class-balanced samples, decoded to centre squares, handed whole to every
+train worker; only rank 0 reads them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
-import secrets
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 import ray.data
 import torch
@@ -27,35 +29,54 @@ from ray.exceptions import RayError
 
 from orchestrator import sources
 from orchestrator.errors import BadImageError, UserError
-from workloads.config import AugConfig, Config, DataConfig
+from orchestrator.stream import RowStore
+from workloads.config import DataConfig
 from workloads.method import MEAN, STD, normalize
-from workloads.methods import method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MEAN", "STD", "PreparedData", "augment_batch", "augmented", "normalize", "prepare", "to_tensor_images"]
+__all__ = ["MEAN", "STD", "PreparedData", "normalize", "prepare", "to_tensor_images"]
 # A UserError's line in a remote traceback, e.g. "orchestrator.errors.BadImageError: unreadable image ...".
 _REMOTE_USER_ERROR = re.compile(r"^orchestrator\.errors\.(?P<cls>BadImageError|UserError): (?P<msg>.+)$", re.MULTILINE)
+# Bytes of a decoded image relative to its centre square: photos are mostly 4:3 or 3:4.
+_WHOLE_IMAGE_AREA = 4 / 3
 
 
 @dataclass
 class PreparedData:
     """What the driver hands to Ray Train, plus facts the run logs."""
 
-    train: ray.data.Dataset  # decoded images ("image": S x S x 3 uint8, "label": int64)
+    train: RowStore | None  # the training rows (None when only evaluation sets were asked for)
     eval_bank: ray.data.Dataset | None  # labelled images for the kNN bank / linear-probe train split
-    eval_test: ray.data.Dataset | None  # held-out labelled images
+    eval_test: ray.data.Dataset | None  # labelled queries: held-out images, a test split or data.eval_root
     num_train: int
     num_classes: int  # 0 when there are no labels
     bad_images: int  # images skipped under data.bad_images=skip (-1: not counted, decode not cached)
 
 
-def prepare(cfg: DataConfig, seed: int, object_store_budget: float | None = None) -> PreparedData:
-    """Read the configured source into decoded, cached Ray datasets and the evaluation splits."""
+def prepare(cfg: DataConfig, seed: int, object_store_budget: float | None = None, train: bool = True
+            ) -> PreparedData:
+    """Read the configured source into the training row store and the evaluation sets."""
     size = cfg.stored_size
-    if cfg.source in ("digits", "synthetic", *sources.TORCHVISION_SOURCES):
-        return _prepare_arrays(cfg, _load_arrays(cfg, seed), size, seed)
-    return _prepare_files(cfg, size, seed, object_store_budget)
+    with _ordered():
+        if cfg.source in ("digits", "synthetic", *sources.TORCHVISION_SOURCES):
+            return _prepare_arrays(cfg, _load_arrays(cfg, seed), size, seed, train)
+        if cfg.source == "parquet":
+            return _prepare_parquet(cfg, size, seed, object_store_budget, train)
+        return _prepare_listing(cfg, size, seed, object_store_budget, train)
+
+
+@contextmanager
+def _ordered() -> Iterator[None]:
+    """Ray Data keeps the source's order while preparing: row positions must not depend on which task
+    finished first (they feed the seeded per-epoch order)."""
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.preserve_order
+    options.preserve_order = True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 def _load_arrays(cfg: DataConfig, seed: int) -> sources.ArraySource:
@@ -80,123 +101,293 @@ def _resize_square(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _blocks(images: np.ndarray, labels: np.ndarray, rows_per_block: int) -> ray.data.Dataset:
-    """In-memory arrays as several Arrow blocks, so augmentation runs as parallel tasks, not one."""
-    k = max(1, math.ceil(len(labels) / rows_per_block))
-    tables = [
-        pa.table({"image": ArrowTensorArray.from_numpy(images[i::k]), "label": pa.array(labels[i::k])})
-        for i in range(k)
-    ]
-    return ray.data.from_arrow(tables)
+# --- class-balanced samples and splits ---------------------------------------------------------------
 
 
-def _prepare_arrays(cfg: DataConfig, src: sources.ArraySource, size: int, seed: int) -> PreparedData:
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the labelled rows (label >= 0) dealt class by class, each class in random order:
+    every prefix is as class-balanced as the classes' sizes allow (a kNN bank or query set from a
+    class-sorted source holds every class)."""
+    labelled = np.flatnonzero(labels >= 0)
+    shuffled = labelled[rng.permutation(len(labelled))]
+    order = np.argsort(labels[shuffled], kind="stable")  # grouped by class, random within
+    grouped = shuffled[order]
+    classes, starts = np.unique(labels[grouped], return_index=True)
+    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.append(starts, len(grouped))))
+    class_slot = rng.permutation(len(classes))[np.searchsorted(classes, labels[grouped])]
+    return grouped[np.lexsort((class_slot, rank))]
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of held-out rows: ``fraction`` of each class (at least one image overall)."""
+    held = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[labels >= 0]):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        held[members[:round(fraction * len(members))]] = True
+    if not held.any() and (labels >= 0).any():
+        held[rng.choice(np.flatnonzero(labels >= 0))] = True
+    return held
+
+
+# --- in-memory sources -------------------------------------------------------------------------------
+
+
+def _table(images: np.ndarray, labels: np.ndarray, row_ids: np.ndarray | None = None) -> pa.Table:
+    columns = {"image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images)), "label": pa.array(labels)}
+    if row_ids is not None:
+        columns["row_id"] = pa.array(row_ids)
+    return pa.table(columns)
+
+
+def _labelled_set(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> ray.data.Dataset:
+    pick = balanced_order(labels, rng)[:n]
+    return ray.data.from_arrow(_table(images[pick], labels[pick]))
+
+
+def _prepare_arrays(cfg: DataConfig, src: sources.ArraySource, size: int, seed: int, with_train: bool
+                    ) -> PreparedData:
     rng = np.random.default_rng(seed)
-    train = sources.ArraySplit(_resize_square(src.train.images, size), src.train.labels)
-    perm = rng.permutation(len(train))  # mix classes across blocks
-    images, labels = train.images[perm], train.labels[perm]
+    images, labels = _resize_square(src.train.images, size), src.train.labels
+    row_ids = np.arange(len(labels))
     test: sources.ArraySplit | None = None
     if src.test is not None:
         test = sources.ArraySplit(_resize_square(src.test.images, size), src.test.labels)
     elif cfg.holdout_fraction > 0 and (labels >= 0).any():
-        n_test = max(1, round(cfg.holdout_fraction * len(labels)))
-        test = sources.ArraySplit(images[:n_test], labels[:n_test])
-        images, labels = images[n_test:], labels[n_test:]
+        held = stratified_holdout(labels, cfg.holdout_fraction, rng)
+        test = sources.ArraySplit(images[held], labels[held])
+        images, labels, row_ids = images[~held], labels[~held], row_ids[~held]
     if len(labels) < 2:
         raise UserError(f"data: only {len(labels)} training images after the held-out split; need at least 2")
     has_labels = bool((labels >= 0).any())
-    train_ds = _blocks(images, labels, cfg.augment_batch_size).materialize()
     bank = test_ds = None
     if has_labels and test is not None:
-        keep = labels >= 0
-        n_bank, n_test = cfg.eval_bank_size, cfg.eval_test_size
-        bank = _blocks(images[keep][:n_bank], labels[keep][:n_bank], max(n_bank, 1))
-        test_ds = _blocks(test.images[:n_test], test.labels[:n_test], max(n_test, 1))
-    return PreparedData(train_ds, bank, test_ds, len(labels), src.num_classes if has_labels else 0, 0)
+        bank = _labelled_set(images, labels, cfg.eval_bank_size, rng)
+        test_ds = _labelled_set(test.images, test.labels, cfg.eval_test_size, rng)
+    store = None
+    if with_train:
+        parts = [slice(i, i + cfg.augment_batch_size) for i in range(0, len(labels), cfg.augment_batch_size)]
+        blocks = [(ray.put(_table(images[p], labels[p], row_ids[p])), len(labels[p])) for p in parts]
+        store = RowStore.from_blocks(blocks, row_ids)
+    return PreparedData(store, bank, test_ds, len(labels), src.num_classes if has_labels else 0, 0)
 
 
 # --- file sources ------------------------------------------------------------------------------------
 
 
-def _decode_batch(batch: dict[str, np.ndarray], size: int, policy: str, data_col: str,
-                  name_col: str) -> dict[str, np.ndarray]:
-    """Decode encoded bytes to (B, S, S, 3) uint8; rows that fail are dropped (skip) or raise (fail)."""
-    images, labels = [], []
+def _decode_batch(batch: dict[str, np.ndarray], size: int, policy: str, data_col: str, name_col: str,
+                  center_square: bool) -> dict[str, np.ndarray]:
+    """Decode encoded bytes to uint8 (H, W, 3) images; rows that fail are dropped (skip) or raise (fail).
+
+    Whole images differ in shape, so the column is ragged (Ray's variable-shaped tensor column);
+    centre squares are one (B, S, S, 3) array.
+    """
     names = batch[name_col] if name_col in batch else [f"row {i}" for i in range(len(batch[data_col]))]
-    for data, name, label in zip(batch[data_col], names, batch["label"], strict=True):
-        img = sources.decode_or_none(data, size, str(name), policy)
+    kept: list[int] = []
+    images: list[np.ndarray] = []
+    for i, (data, name) in enumerate(zip(batch[data_col], names, strict=True)):
+        img = sources.decode_or_none(data, size, str(name), policy, center_square)
         if img is not None:
+            kept.append(i)
             images.append(img)
-            labels.append(label)
+    out = {k: np.asarray(v)[kept] for k, v in batch.items() if k not in (data_col, name_col)}
     if not images:
-        return {"image": np.zeros((0, size, size, 3), np.uint8), "label": np.zeros((0,), np.int64)}
-    return {"image": np.stack(images), "label": np.asarray(labels, dtype=np.int64)}
-
-
-def _prepare_files(cfg: DataConfig, size: int, seed: int, budget: float | None) -> PreparedData:
-    num_classes = 0
-    if cfg.source == "parquet":
-        fs, path = sources.parquet_location(cfg.uri)
-        columns = [cfg.image_column] + ([cfg.label_column] if cfg.label_column else [])
-        try:
-            raw = ray.data.read_parquet(path, filesystem=fs)
-            schema_names = raw.schema().names
-        except Exception as err:  # pyarrow raises several types for a missing column or a bad file
-            raise UserError(f"data.uri: cannot read Parquet {cfg.uri!r} with columns {columns}: {err}") from err
-        missing = [c for c in columns if c not in schema_names]
-        if missing:
-            raise UserError(f"data.image_column/label_column: {missing} not in {cfg.uri!r} (columns: {schema_names})")
-        raw = raw.select_columns(columns)
-        raw = raw.rename_columns({cfg.image_column: "bytes"})
-        if cfg.label_column:
-            raw = raw.rename_columns({cfg.label_column: "label"})
-            labels = raw.select_columns(["label"]).to_pandas()["label"]
-            num_classes = int(labels.max()) + 1 if len(labels) else 0
-        else:
-            raw = raw.add_column("label", lambda df: np.full(len(df), -1, dtype=np.int64), batch_format="pandas")
-        name_col = "row"
+        out["image"] = np.zeros((0, size, size, 3), np.uint8)
+    elif all(img.shape == images[0].shape for img in images):
+        out["image"] = np.stack(images)
     else:
-        listing = (sources.list_image_folder(cfg.root) if cfg.source == "imagefolder"
-                   else sources.list_image_files(cfg.uri))
-        num_classes = len(listing.classes)
-        label_of = dict(zip(listing.paths, listing.labels, strict=True))
-        raw = ray.data.read_binary_files(listing.paths, filesystem=listing.filesystem, include_paths=True)
-        raw = raw.map_batches(
-            lambda b: {"bytes": b["bytes"], "path": b["path"],
-                       "label": np.asarray([label_of.get(p, -1) for p in b["path"]], dtype=np.int64)},
-        )
-        name_col = "path"
-    num_listed = raw.count()
-    decoded = raw.map_batches(
-        partial(_decode_batch, size=size, policy=cfg.bad_images, data_col="bytes", name_col=name_col),
+        ragged = np.empty(len(images), dtype=object)
+        ragged[:] = images
+        out["image"] = ragged
+    return out
+
+
+def _decoded(raw: ray.data.Dataset, cfg: DataConfig, size: int, name_col: str, center_square: bool
+             ) -> ray.data.Dataset:
+    return raw.map_batches(
+        partial(_decode_batch, size=size, policy=cfg.bad_images, data_col="bytes", name_col=name_col,
+                center_square=center_square),
         batch_size=64,
     )
-    fits = budget is None or num_listed * size * size * 3 < 0.5 * budget
-    bad = -1
-    if cfg.cache_decoded and fits:
-        decoded = _materialize(decoded)
-        num_ok = decoded.count()
-        bad = num_listed - num_ok
-        if bad:
-            log.warning("skipped %d unreadable images of %d (data.bad_images=skip)", bad, num_listed)
+
+
+@ray.remote(num_cpus=0.1)
+def _rows_of(table: pa.Table, column: str) -> np.ndarray:
+    """A block's ``column`` (its row ids), read where the block is."""
+    return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _block_store(ds: ray.data.Dataset, encoded: bool, policy: str, ids_column: str = "") -> RowStore:
+    """A materialised dataset's blocks as a row store; row ids from ``ids_column``, else positions."""
+    refs = ds.to_arrow_refs()
+    ids = ray.get([_rows_of.remote(ref, ids_column or next(iter(ds.schema().names))) for ref in refs])
+    blocks = [(ref, len(i)) for ref, i in zip(refs, ids, strict=True)]
+    row_ids = np.concatenate(ids) if ids_column else np.arange(sum(n for _, n in blocks))
+    return RowStore.from_blocks(blocks, row_ids, encoded=encoded, bad_images=policy)
+
+
+def _fits(cfg: DataConfig, num_rows: int, size: int, budget: float | None) -> bool:
+    area = 1.0 if cfg.center_square else _WHOLE_IMAGE_AREA
+    fits = budget is None or num_rows * size * size * 3 * area < 0.5 * budget
+    if cfg.cache_decoded and not fits:
+        log.warning("decoded images (%d, shorter side %d px) do not fit in half the object store; "
+                    "decoding each epoch", num_rows, size)
+    return cfg.cache_decoded and fits
+
+
+def _labelled_listing(listing: sources.FileListing, field: str, classes: list[str]) -> np.ndarray:
+    """An evaluation folder's labels in the training classes' numbering (matched by folder name)."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(listing.classes) - set(index))
+    if unknown:
+        raise UserError(f"{field}: class folders {unknown[:5]} are not among the training classes "
+                        f"({', '.join(classes[:5])}, ...); use an evaluation tree with the same class folders")
+    return np.asarray([index[listing.classes[i]] for i in listing.labels], dtype=np.int64)
+
+
+def _read_labelled(paths: list[str], labels: np.ndarray, fs: pafs.FileSystem, cfg: DataConfig, size: int
+                   ) -> ray.data.Dataset:
+    """Decoded centre squares of ``paths`` with their labels, materialised (a bad file fails here)."""
+    label_of = dict(zip(paths, labels.tolist(), strict=True))
+    raw = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
+        lambda b: {"bytes": b["bytes"], "path": b["path"],
+                   "label": np.asarray([label_of[p] for p in b["path"]], dtype=np.int64)})
+    return _materialize(_decoded(raw, cfg, size, "path", center_square=True))
+
+
+def _eval_sets(cfg: DataConfig, size: int, seed: int, train: tuple[list[str], np.ndarray, pafs.FileSystem],
+               test: tuple[list[str], np.ndarray, pafs.FileSystem] | None
+               ) -> tuple[ray.data.Dataset | None, ray.data.Dataset | None]:
+    """The kNN bank (a balanced sample of the labelled training files) and its queries (of ``test``);
+    with unlabelled training files, both come from ``test`` (data.eval_root), split in two."""
+    if test is None:
+        return None, None
+    rng = np.random.default_rng(seed)
+    (paths, labels, fs), (t_paths, t_labels, t_fs) = train, test
+    if not (labels >= 0).any():  # unlabelled pretraining images: bank and queries from the eval tree
+        order = balanced_order(t_labels, rng)
+        half = len(order) // 2
+        paths, labels, fs = [t_paths[i] for i in order[:half]], t_labels[order[:half]], t_fs
+        t_paths, t_labels = [t_paths[i] for i in order[half:]], t_labels[order[half:]]
+    bank = balanced_order(labels, rng)[:cfg.eval_bank_size]
+    queries = balanced_order(t_labels, rng)[:cfg.eval_test_size]
+    if len(bank) == 0 or len(queries) == 0:
+        return None, None
+    return (_read_labelled([paths[i] for i in bank], labels[bank], fs, cfg, size),
+            _read_labelled([t_paths[i] for i in queries], t_labels[queries], t_fs, cfg, size))
+
+
+def _eval_root(cfg: DataConfig, classes: list[str]) -> tuple[list[str], np.ndarray, pafs.FileSystem]:
+    listing = sources.list_image_folder(cfg.eval_root, field="data.eval_root")
+    if not classes:  # unlabelled training images: the evaluation tree's own classes
+        return listing.paths, np.asarray(listing.labels, dtype=np.int64), listing.filesystem
+    return listing.paths, _labelled_listing(listing, "data.eval_root", classes), listing.filesystem
+
+
+def _prepare_listing(cfg: DataConfig, size: int, seed: int, budget: float | None, with_train: bool
+                     ) -> PreparedData:
+    """ImageFolder trees and image files: split and sample on the file listing, decode once."""
+    listing = (sources.list_image_folder(cfg.root) if cfg.source == "imagefolder"
+               else sources.list_image_files(cfg.uri))
+    fs = listing.filesystem
+    paths, labels = listing.paths, np.asarray(listing.labels, dtype=np.int64)
+    row_ids = np.arange(len(paths))
+    test: tuple[list[str], np.ndarray, pafs.FileSystem] | None = None
+    num_classes = len(listing.classes)
+    if cfg.eval_root:
+        test = _eval_root(cfg, listing.classes)
+        num_classes = num_classes or int(test[1].max()) + 1
+    elif num_classes and cfg.holdout_fraction > 0:
+        held = stratified_holdout(labels, cfg.holdout_fraction, np.random.default_rng(seed))
+        test = ([p for p, h in zip(paths, held, strict=True) if h], labels[held], fs)
+        paths, labels, row_ids = [p for p, h in zip(paths, held, strict=True) if not h], labels[~held], row_ids[~held]
+    store, bad = None, 0
+    if with_train:
+        store, bad = _listing_store(cfg, size, budget, paths, labels, row_ids, fs)
+    bank, queries = _eval_sets(cfg, size, seed, (paths, labels, fs), test)
+    return PreparedData(store, bank, queries, store.num_rows if store else len(paths),
+                        num_classes if bank is not None else 0, bad)
+
+
+def _listing_store(cfg: DataConfig, size: int, budget: float | None, paths: list[str], labels: np.ndarray,
+                   row_ids: np.ndarray, fs: pafs.FileSystem) -> tuple[RowStore, int]:
+    """The training files decoded once into the object store (a bad file under ``fail`` stops here,
+    before training), or, when they do not fit, the files themselves; and the number skipped."""
+    if len(paths) < 2:
+        raise UserError(f"data: only {len(paths)} training images in {cfg.uri or cfg.root!r}; need at least 2")
+    if not _fits(cfg, len(paths), size, budget):
+        return RowStore.from_files(paths, row_ids, fs, cfg.bad_images), -1
+    row_of = {p: (i, label) for p, i, label in zip(paths, row_ids.tolist(), labels.tolist(), strict=True)}
+    raw = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
+        lambda b: {"bytes": b["bytes"], "path": b["path"],
+                   "row_id": np.asarray([row_of[p][0] for p in b["path"]], dtype=np.int64),
+                   "label": np.asarray([row_of[p][1] for p in b["path"]], dtype=np.int64)})
+    decoded = _materialize(_decoded(raw, cfg, size, "path", cfg.center_square))
+    store = _block_store(decoded, encoded=False, policy=cfg.bad_images, ids_column="row_id")
+    bad = len(paths) - store.num_rows
+    if bad:
+        log.warning("skipped %d unreadable images of %d (data.bad_images=skip)", bad, len(paths))
+    if store.num_rows < 2:
+        raise UserError(f"data: only {store.num_rows} readable images in {cfg.uri or cfg.root!r}; need at least 2")
+    return store, bad
+
+
+def _read_parquet(cfg: DataConfig) -> tuple[ray.data.Dataset, int]:
+    """The Parquet source as ("bytes", "label") rows, and its number of classes (0: no labels)."""
+    fs, path = sources.parquet_location(cfg.uri)
+    columns = [cfg.image_column] + ([cfg.label_column] if cfg.label_column else [])
+    try:
+        raw = ray.data.read_parquet(path, filesystem=fs)
+        schema_names = raw.schema().names
+    except Exception as err:  # pyarrow raises several types for a missing column or a bad file
+        raise UserError(f"data.uri: cannot read Parquet {cfg.uri!r} with columns {columns}: {err}") from err
+    missing = [c for c in columns if c not in schema_names]
+    if missing:
+        raise UserError(f"data.image_column/label_column: {missing} not in {cfg.uri!r} (columns: {schema_names})")
+    raw = raw.select_columns(columns).rename_columns({cfg.image_column: "bytes"})
+    if not cfg.label_column:
+        return raw.add_column("label", lambda df: np.full(len(df), -1, dtype=np.int64), batch_format="pandas"), 0
+    raw = raw.rename_columns({cfg.label_column: "label"})
+    labels = raw.select_columns(["label"]).to_pandas()["label"]
+    return raw, int(labels.max()) + 1 if len(labels) else 0
+
+
+def _prepare_parquet(cfg: DataConfig, size: int, seed: int, budget: float | None, with_train: bool
+                     ) -> PreparedData:
+    raw, num_classes = _read_parquet(cfg)
+    num_listed = raw.count()
+    train_raw, test_raw = raw, None
+    if num_classes and cfg.holdout_fraction > 0 and not cfg.eval_root:
+        train_raw, test_raw = raw.train_test_split(test_size=cfg.holdout_fraction, shuffle=True, seed=seed)
+        train_raw, test_raw = train_raw.materialize(), test_raw.materialize()
+    bank = queries = None
+    if cfg.eval_root:
+        paths, labels, fs = _eval_root(cfg, [])  # Parquet labels are numbers: class folder i is label i
+        rng = np.random.default_rng(seed)
+        pick = balanced_order(labels, rng)[:cfg.eval_test_size]
+        queries = _read_labelled([paths[i] for i in pick], labels[pick], fs, cfg, size)
+        num_classes = max(num_classes, int(labels.max()) + 1)
+    elif test_raw is not None:
+        queries = _materialize(_decoded(test_raw.limit(cfg.eval_test_size), cfg, size, "row", True))
+    if num_classes and queries is not None:
+        fraction = min(1.0, 2.0 * cfg.eval_bank_size / max(1, num_listed))
+        sample = train_raw.filter(lambda r: r["label"] >= 0).random_sample(fraction, seed=seed)
+        bank = _materialize(_decoded(sample.limit(cfg.eval_bank_size), cfg, size, "row", True))
     else:
-        num_ok = num_listed
-        if cfg.cache_decoded:
-            log.warning("decoded images (%d x %d px) do not fit in half the object store; decoding each epoch",
-                        num_listed, size)
-    if num_ok < 2:
-        raise UserError(f"data: only {num_ok} readable images in {cfg.uri or cfg.root!r}; need at least 2")
-    bank: ray.data.Dataset | None = None
-    test: ray.data.Dataset | None = None
-    train: ray.data.Dataset = decoded
-    if num_classes and cfg.holdout_fraction > 0:
-        train, test = decoded.train_test_split(test_size=cfg.holdout_fraction, shuffle=True, seed=seed)
-        if cfg.cache_decoded and fits:
-            train, test = train.materialize(), test.materialize()
-        num_ok = train.count()
-        bank = train.limit(cfg.eval_bank_size)
-        test = test.limit(cfg.eval_test_size)
-    return PreparedData(train, bank, test, num_ok, num_classes, bad)
+        num_classes = 0
+    if not with_train:
+        return PreparedData(None, bank, queries, train_raw.count(), num_classes, 0)
+    if _fits(cfg, num_listed, size, budget):
+        decoded = _materialize(_decoded(train_raw, cfg, size, "row", cfg.center_square))
+        store = _block_store(decoded, encoded=False, policy=cfg.bad_images)
+        bad = train_raw.count() - store.num_rows
+    else:  # encoded bytes in the object store (spilled to disk by Ray if need be); decoded each epoch
+        store = _block_store(train_raw.select_columns(["bytes"]).materialize(), encoded=True, policy=cfg.bad_images)
+        bad = -1
+    if bad > 0:
+        log.warning("skipped %d unreadable images of %d (data.bad_images=skip)", bad, num_listed)
+    if store.num_rows < 2:
+        raise UserError(f"data: only {store.num_rows} readable images in {cfg.uri!r}; need at least 2")
+    return PreparedData(store, bank, queries, store.num_rows, num_classes, bad)
 
 
 def _materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -232,36 +423,6 @@ def _find_user_error(err: BaseException | None) -> UserError | None:
             cls = BadImageError if match["cls"] == "BadImageError" else UserError
             return cls(match["msg"].strip())
     return None
-
-
-# --- augmentation ------------------------------------------------------------------------------------
-
-
-def augment_batch(batch: dict[str, np.ndarray], aug: dict[str, Any], image_size: int,
-                  cfg: Config | None = None) -> dict[str, np.ndarray]:
-    """Ray Data UDF: (B, S, S, 3) uint8 -> the method's views (SimCLR: two (B, 3, s, s) uint8 views).
-
-    ``cfg`` is the whole run config, already typed (validating a dict costs about 1 ms, 6% of a
-    128-image batch at 16 px); without it, SimCLR's views with ``aug`` at ``image_size``. Each call
-    draws a fresh seed: Ray worker processes all start from torch's fixed default seed, so without it
-    every task would draw the same "random" crops.
-    """
-    config = cfg if cfg is not None else Config.from_dict({"aug": aug, "data": {"image_size": image_size}})
-    images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)  # B x 3 x S x S
-    gen = torch.Generator().manual_seed(secrets.randbits(63))
-    views = method(config.method).views(images, config, gen)
-    return {name: v.numpy() for name, v in views.items()}
-
-
-def augmented(ds: ray.data.Dataset, aug: AugConfig, data: DataConfig, cfg: Config | None = None) -> ray.data.Dataset:
-    """The lazy per-epoch augmentation stage over decoded images (``cfg``: the run's, for its method)."""
-    kwargs: dict[str, Any] = {}
-    if data.augment_workers:
-        kwargs["concurrency"] = data.augment_workers
-    return ds.select_columns(["image"]).map_batches(
-        partial(augment_batch, aug=asdict(aug), image_size=data.image_size, cfg=cfg),
-        batch_size=data.augment_batch_size, **kwargs,
-    )
 
 
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:

@@ -228,12 +228,12 @@ def _resolve(uri: str, field: str) -> tuple[pafs.FileSystem, str]:
     return fs, path
 
 
-def list_image_folder(root: str) -> FileListing:
+def list_image_folder(root: str, field: str = "data.root") -> FileListing:
     """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
-    fs, base = _resolve(root, "data.root")
+    fs, base = _resolve(root, field)
     info = fs.get_file_info(base)
     if info.type != pafs.FileType.Directory:
-        raise UserError(f"data.root: {root!r} is not a folder of class folders (root/<class>/<image>)")
+        raise UserError(f"{field}: {root!r} is not a folder of class folders (root/<class>/<image>)")
     entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     classes = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(base))
                      if e.type == pafs.FileType.Directory)
@@ -248,7 +248,7 @@ def list_image_folder(root: str) -> FileListing:
         paths.append(e.path)
         labels.append(index[rel[0]])
     if not paths:
-        raise UserError(f"data.root: no images ({', '.join(IMG_EXTENSIONS)}) under class folders in {root!r}")
+        raise UserError(f"{field}: no images ({', '.join(IMG_EXTENSIONS)}) under class folders in {root!r}")
     return FileListing(paths, labels, classes, fs)
 
 
@@ -279,27 +279,45 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
 # --- decoding ---------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode encoded image bytes to RGB, resize the shorter side to ``size`` and centre-crop to a
-    square: (size, size, 3) uint8. Raises on anything PIL cannot read."""
+# A decoded image's longer side is kept under this many times its shorter side (a panorama stays
+# a bounded number of pixels; its crops are still drawn from the whole image).
+MAX_ASPECT = 4
+
+
+def decode_image(data: bytes, size: int, center_square: bool = False) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 (H, W, 3) with the shorter side resized to ``size``.
+
+    The whole image is kept (its aspect ratio too, the longer side at most ``MAX_ASPECT`` × size),
+    so that the random-resized crop is drawn from all of it, as torchvision's RandomResizedCrop
+    on the decoded photo is. With ``center_square`` the centre ``size`` × ``size`` square only:
+    fixed-size rows, faster, but the crops never see the sides of a non-square photo. Raises on
+    anything PIL cannot read.
+    """
     with Image.open(io.BytesIO(data)) as img:
         img.load()  # truncated files fail here, not later
         rgb = img.convert("RGB")
     w, h = rgb.size
     scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if not center_square:
+        scale = min(scale, MAX_ASPECT * size / max(w, h))
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if center_square:
+        nw, nh = max(size, nw), max(size, nh)
     if (nw, nh) != (w, h):
         rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if not center_square:
+        return np.asarray(rgb, dtype=np.uint8)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def decode_or_none(data: bytes | None, size: int, name: str, policy: str) -> np.ndarray | None:
+def decode_or_none(data: bytes | None, size: int, name: str, policy: str,
+                   center_square: bool = False) -> np.ndarray | None:
     """``decode_image`` under the bad-image policy: None to skip, or BadImageError naming the file."""
     try:
         if not data:
             raise ValueError("empty file")
-        return decode_image(data, size)
+        return decode_image(data, size, center_square)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
         if policy == "skip":
             return None
@@ -308,8 +326,11 @@ def decode_or_none(data: bytes | None, size: int, name: str, policy: str) -> np.
         ) from err
 
 
-def check_paths(source: str, root: str, uri: str, download: bool) -> None:
+def check_paths(source: str, root: str, uri: str, download: bool, eval_root: str = "") -> None:
     """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
+    if eval_root and "://" not in eval_root and not os.path.isdir(eval_root):
+        raise UserError(f"data.eval_root: no such folder {eval_root!r}; give a labelled ImageFolder tree "
+                        f"(root/<class>/<image>, e.g. ImageNet's val/) or set data.eval_root= to train without it")
     if source in TORCHVISION_SOURCES and not download and not os.path.isdir(root):
         raise UserError(f"data.root: no such folder {root!r} for {source}; point data.root at the dataset's "
                         f"folder or set data.download=true to fetch it")

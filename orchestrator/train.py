@@ -29,10 +29,11 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator import plots, sources, tracking
-from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
+from orchestrator.data import PreparedData, prepare, to_tensor_images
 from orchestrator.errors import UserError
 from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
+from orchestrator.stream import EpochClock, train_stream
 from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
 from workloads.config import Config, TrainConfig
 
@@ -185,7 +186,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
 
     ``callbacks`` go to the TorchTrainer's RunConfig (``simclr tune`` passes Tune's TuneReportCallback).
     """
-    sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download)
+    sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download, cfg.data.eval_root)
     name = cfg.train.name or generated_name(cfg)
     cfg = cfg.replace({"train.name": name, "train.storage_path": storage_path(cfg)})
     uri = tracking.resolve_uri(cfg.tracking.uri)
@@ -243,7 +244,11 @@ def failure_message(err: BaseException) -> str:
 
 def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, uri: str, exp_id: str,
          run_id: str, callbacks: Sequence[Any] = ()) -> TrainOutcome:
-    train_ds = augmented(data.train, cfg.aug, cfg.data, cfg)
+    assert data.train is not None
+    # on the driver's node, like Ray Train's controller: a lost worker node must not take these along
+    on_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    clock = EpochClock.options(scheduling_strategy=on_driver).remote()  # type: ignore[attr-defined]
+    train_ds = train_stream(data.train, cfg, clock)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.yaml")
         with open(config_path, "w") as f:
@@ -263,19 +268,19 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
-    # on the driver's node, like Ray Train's controller: a lost worker node must not take it along
-    stop_flag = StopFlag.options(  # type: ignore[attr-defined]
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    ).remote()
+    stop_flag = StopFlag.options(scheduling_strategy=on_driver).remote()  # type: ignore[attr-defined]
     resources: dict[str, float] = {"CPU": cpw}
     if cfg.train.use_gpu:
         resources["GPU"] = 1.0
+    # chunks reach the workers in the epoch's order (with one worker the stream is the same every run)
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "meta": {
             "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
             "num_classes": data.num_classes if "eval_bank" in datasets else 0,
-            "stop_flag": stop_flag,
+            "stop_flag": stop_flag, "epoch_clock": clock,
         }},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
@@ -289,7 +294,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
                                              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}},
         ),  # type: ignore[call-arg]  # the stubs see Train V1's RunConfig; V2's takes worker_runtime_env
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
     )
     result, stopped = run_interruptibly(trainer.fit, stop_flag)
     if stopped:

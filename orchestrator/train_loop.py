@@ -212,6 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     autocast_ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     stop_flag = meta.get("stop_flag")
+    clock = meta.get("epoch_clock")
 
     def forward_autocast(*args: Any) -> Any:
         with autocast_ctx:
@@ -225,6 +226,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
               autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16))
 
     for epoch in range(state.epoch + 1, last_epoch + 1):
+        if clock is not None:  # the stream's tasks draw this epoch's order and views (orchestrator.stream)
+            ray.get(clock.set.remote(epoch))
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps = 0

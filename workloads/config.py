@@ -43,7 +43,8 @@ class DataConfig:
     download: bool = False  # torchvision-format datasets: fetch into root when missing
     split: str = "train"  # torchvision split used for pretraining ("train", or "unlabeled" for STL-10)
     image_size: int = 16  # side of each augmented view
-    decode_size: int = 0  # side images are decoded and cached at (0: image_size)
+    decode_size: int = 0  # shorter side images are decoded and cached at (0: image_size)
+    center_square: bool = False  # file sources: keep only the centre square at decode (faster, less varied crops)
     image_column: str = "image"  # parquet: column of encoded image bytes
     label_column: str = "label"  # parquet: column of integer labels ("" when there are none)
     num_samples: int = 2048  # synthetic: number of images
@@ -56,6 +57,7 @@ class DataConfig:
     prefetch_batches: int = 2  # batches prefetched by each train worker's iterator
     eval_bank_size: int = 10000  # at most this many labelled train images in the kNN bank
     eval_test_size: int = 2000  # at most this many held-out images evaluated
+    eval_root: str = ""  # file sources: a labelled ImageFolder tree (ImageNet's val/) for the kNN queries
 
     def __post_init__(self) -> None:
         s = self.section
@@ -75,6 +77,10 @@ class DataConfig:
             _check(bool(self.uri), s, "uri", f"set for source {self.source!r} (a path or s3://, gs:// URI)", self.uri)
         if self.source in ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder"):
             _check(bool(self.root), s, "root", f"set for source {self.source!r} (a local folder)", self.root)
+        if self.eval_root:
+            _check(self.source in ("imagefolder", "images", "parquet"), s, "eval_root",
+                   "empty unless the source is imagefolder, images or parquet (the others have a test split)",
+                   self.eval_root)
 
     @property
     def stored_size(self) -> int:

@@ -2,9 +2,11 @@
 
 The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at these points:
 
-1. ``views(images, cfg, generator)`` in Ray Data's CPU tasks: decoded uint8 images (B, 3, S, S) to the
-   named tensors streamed to training (SimCLR, MoCo: two augmented views; MAE: one view and a patch
-   mask). uint8 and bool only, so the bytes moved stay small; normalisation happens on the device.
+1. ``views(images, cfg, generator)`` in Ray Data's CPU tasks: decoded uint8 images (B, 3, H, W), or a
+   list of whole images of different shapes, to the named tensors streamed to training (SimCLR, MoCo:
+   two augmented views; MAE: one view and a patch mask). uint8 and bool only, so the bytes moved stay
+   small; normalisation happens on the device. ``generator`` is a ``RowRandom`` keyed by (seed, epoch,
+   row), so a row's views do not depend on the batch it travels in.
 2. ``build_model(cfg)`` on every train worker: a module with ``encoder`` (images (N, 3, S, S) ->
    features (N, F), what kNN, the linear probe and the exported MLflow model use) and ``features``.
 3. ``trainable(model)``: the module whose parameters the optimiser updates (MoCo: not the key encoder).
@@ -28,6 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from workloads.config import Config
+from workloads.rng import RandomSource
+
+# A batch of decoded images: uint8 (N, 3, H, W), or whole images of different shapes, uint8 (3, H_i, W_i).
+Images = Tensor | list[Tensor]
 
 # ImageNet channel statistics; views travel as uint8 and are normalised on the training device.
 MEAN = (0.485, 0.456, 0.406)
@@ -69,7 +75,7 @@ class Method:
     recipes: dict[str, Callable[[], Config]] = {}  # noqa: RUF012
     search: tuple[str, ...] = ()  # default `simclr tune` search space, as --search texts
 
-    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+    def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def build_model(self, cfg: Config) -> nn.Module:

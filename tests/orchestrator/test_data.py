@@ -1,5 +1,6 @@
-"""Tests for orchestrator.data: ``prepare`` through Ray Data for each kind of source, the per-epoch
-augmentation stage, and the bad-image policy (skip and count, or fail before training).
+"""Tests for orchestrator.data: ``prepare`` through Ray Data for each kind of source (the training row
+store and the evaluation sets), class-balanced samples, and the bad-image policy (skip and count, or
+fail before training). The per-epoch stream is tests/orchestrator/test_stream.py's.
 
 One small local Ray for the module: 2 CPUs and a 300 MiB object store.
 """
@@ -20,9 +21,11 @@ import ray
 import ray.data
 from PIL import Image
 
-from orchestrator.data import PreparedData, augment_batch, augmented, prepare
+from orchestrator import sources
+from orchestrator.data import PreparedData, balanced_order, prepare, stratified_holdout
 from orchestrator.errors import BadImageError, UserError
-from workloads.config import AugConfig, DataConfig
+from orchestrator.stream import RowStore
+from workloads.config import DataConfig
 
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # class i is a solid image of COLOURS[i]
 
@@ -49,18 +52,26 @@ def solid(colour: tuple[int, int, int], h: int, w: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(colour, np.uint8), (h, w, 3)).copy()
 
 
-def rows(ds: ray.data.Dataset | None) -> dict[str, np.ndarray]:
-    """All of a small dataset as one numpy batch."""
+def rows(ds: ray.data.Dataset | RowStore | None) -> dict[str, Any]:
+    """All of a small dataset, or of a row store's blocks in position order, as one batch (images of
+    different shapes as a list)."""
     assert ds is not None
-    return ds.take_batch(batch_size=100_000, batch_format="numpy")
+    if isinstance(ds, ray.data.Dataset):
+        return ds.take_batch(batch_size=100_000, batch_format="numpy")
+    tables = ray.get(list(ds.blocks))
+    out: dict[str, Any] = {}
+    for name in tables[0].column_names:
+        values = [v for t in tables for v in t.column(name).combine_chunks().to_numpy(zero_copy_only=False)]
+        out[name] = values if name == "image" else np.asarray(values)
+    return out
 
 
-def assert_colour_matches_label(batch: dict[str, np.ndarray], size: int) -> None:
-    """Decoded to (size, size, 3) uint8, and each image's colour is its label's (JPEG: roughly)."""
+def assert_colour_matches_label(batch: dict[str, Any], size: int) -> None:
+    """Decoded uint8 with the shorter side ``size``, and each image's colour is its label's (JPEG: roughly)."""
     images, labels = batch["image"], batch["label"]
-    assert images.shape[1:] == (size, size, 3) and images.dtype == np.uint8
+    assert all(min(img.shape[:2]) == size and img.shape[2] == 3 and img.dtype == np.uint8 for img in images)
     assert labels.dtype == np.int64
-    mean_rgb = images.reshape(len(images), -1, 3).mean(axis=1)
+    mean_rgb = np.stack([img.reshape(-1, 3).mean(axis=0) for img in images])
     np.testing.assert_array_equal(mean_rgb.argmax(axis=1), labels)
 
 
@@ -103,7 +114,8 @@ def write_parquet(path: Path, n: int, bad: list[bytes | None] | None = None, lab
 
 
 def split_sizes(p: PreparedData) -> tuple[int, int, int]:
-    return p.train.count(), rows(p.eval_bank)["label"].size, rows(p.eval_test)["label"].size
+    assert p.train is not None
+    return p.train.num_rows, rows(p.eval_bank)["label"].size, rows(p.eval_test)["label"].size
 
 
 # ----------------------------------------------------------------------------- in-memory sources
@@ -118,7 +130,9 @@ def test_digits_holdout_sizes_add_up_and_eval_sets_are_labelled() -> None:
     assert n_bank == n_train  # eval_bank_size (10,000) exceeds the train split
     assert p.num_classes == 10 and p.bad_images == 0
     train = rows(p.train)
-    assert train["image"].shape == (n_train, 16, 16, 3) and train["image"].dtype == np.uint8
+    assert np.stack(train["image"]).shape == (n_train, 16, 16, 3) and train["image"][0].dtype == np.uint8
+    ids = train["row_id"]
+    assert len(np.unique(ids)) == n_train and ids.min() >= 0 and ids.max() < 1797  # rows of the source
     for ds in (p.eval_bank, p.eval_test):
         labels = rows(ds)["label"]
         assert labels.min() >= 0 and labels.max() <= 9
@@ -136,7 +150,9 @@ def test_synthetic_holds_out_labelled_images() -> None:
     cfg = DataConfig(source="synthetic", num_samples=64, num_classes=4, image_size=8, holdout_fraction=0.25)
     p = prepare(cfg, seed=3)
     n_train, n_bank, n_test = split_sizes(p)
-    assert (n_train, n_bank, n_test) == (48, 48, 16)
+    labels = sources.synthetic(64, 4, 8, seed=3).train.labels
+    assert n_test == sum(round(0.25 * k) for k in np.bincount(labels))  # a quarter of each class
+    assert (n_train, n_bank) == (64 - n_test, 64 - n_test)
     assert p.num_classes == 4
     assert set(rows(p.train)["label"].tolist()) <= set(range(4))
 
@@ -183,7 +199,8 @@ def test_image_files_by_uri_decode_with_unknown_labels(tmp_path: Path) -> None:
     assert p.num_train == 6 and p.num_classes == 0
     assert p.eval_bank is None and p.eval_test is None
     train = rows(p.train)
-    assert train["image"].shape == (6, 12, 12, 3)
+    assert sorted(img.shape for img in train["image"]) == sorted(
+        [(20, 12, 3), (12, 17, 3)] * 3)  # whole images (20 x 12 and 14 x 20), shorter side 12
     np.testing.assert_array_equal(train["label"], [-1] * 6)
 
 
@@ -260,9 +277,9 @@ def test_parquet_without_label_column_skips_and_counts_bad_rows(tmp_path: Path) 
     p = prepare(DataConfig(source="parquet", uri=str(path), image_column="png", label_column="", image_size=8), 0)
     assert (p.num_train, p.bad_images, p.num_classes, p.eval_bank, p.eval_test) == (5, 5, 0, None, None)
     train = rows(p.train)
-    assert train["image"].shape == (5, 8, 8, 3)
+    assert len(train["image"]) == 5 and all(min(img.shape[:2]) == 8 for img in train["image"])
     np.testing.assert_array_equal(train["label"], [-1] * 5)
-    colours = train["image"].reshape(5, -1, 3).mean(axis=1).argmax(axis=1)
+    colours = np.stack([img.reshape(-1, 3).mean(axis=0) for img in train["image"]]).argmax(axis=1)
     np.testing.assert_array_equal(np.bincount(colours, minlength=3), [2, 2, 1])  # rows 0..4 are classes 0,1,2,0,1
 
 
@@ -276,51 +293,19 @@ def test_parquet_bad_row_under_fail_raises_bad_image_error(tmp_path: Path) -> No
         prepare(cfg, seed=0)
 
 
-# ----------------------------------------------------------------------------- augmentation
+# ----------------------------------------------------------------------------- class-balanced samples
 
 
-def gradient_image(size: int) -> np.ndarray:
-    """An asymmetric colour gradient: every crop, flip or jitter changes some pixel."""
-    y, x = np.mgrid[0:size, 0:size]
-    return np.stack([x * 255 // size, y * 255 // size, (x * y) % 256], axis=-1).astype(np.uint8)
+def test_balanced_order_prefixes_hold_every_class_of_a_class_sorted_source() -> None:
+    labels = np.repeat(np.arange(5), [40, 10, 30, 30, 30])  # class-sorted, one small class
+    order = balanced_order(np.concatenate([labels, [-1, -1]]), np.random.default_rng(0))
+    assert len(order) == len(labels) and len(np.unique(order)) == len(labels)  # labelled rows only, once each
+    assert np.bincount(labels[order[:25]], minlength=5).tolist() == [5] * 5
+    counts = np.bincount(labels[order[:60]], minlength=5)
+    assert counts[1] == 10 and sorted(counts[[0, 2, 3, 4]].tolist()) == [12, 12, 13, 13]  # class 1 runs out
 
 
-def test_augment_batch_gives_two_uint8_views_and_new_ones_each_call() -> None:
-    images = np.repeat(gradient_image(16)[None], 4, axis=0)
-    aug = AugConfig().__dict__
-    a = augment_batch({"image": images}, aug, image_size=8)
-    b = augment_batch({"image": images}, aug, image_size=8)
-    for out in (a, b):
-        assert set(out) == {"view0", "view1"}
-        assert out["view0"].shape == out["view1"].shape == (4, 3, 8, 8)
-        assert out["view0"].dtype == np.uint8
-    assert not np.array_equal(a["view0"], b["view0"])
-    assert not np.array_equal(a["view0"], a["view1"])
-    assert not np.array_equal(a["view0"][0], a["view0"][1])  # per-image parameters
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_augmented_views_differ_between_epochs_and_between_tasks() -> None:
-    """All images are the same, so any repeat of a view could only come from repeated randomness
-    (e.g. fresh Ray workers starting from torch's fixed default seed)."""
-    n, batch = 64, 16
-    images = np.repeat(gradient_image(16)[None], n, axis=0)
-    ds = ray.data.from_numpy(np.split(images, n // batch)).rename_columns({"data": "image"})  # one block per batch
-    cfg = DataConfig(source="synthetic", image_size=8, decode_size=16, augment_batch_size=batch)
-    stage = augmented(ds, AugConfig(), cfg)
-
-    def epoch() -> list[np.ndarray]:
-        out = list(stage.iter_batches(batch_size=None, batch_format="numpy"))
-        for b in out:
-            assert b["view0"].shape == b["view1"].shape == (batch, 3, 8, 8)
-            assert b["view0"].dtype == b["view1"].dtype == np.uint8
-        assert sum(len(b["view0"]) for b in out) == n
-        return [b["view0"] for b in out]
-
-    first, second = epoch(), epoch()
-    assert len(first) >= 2
-    for i, a in enumerate(first):
-        for b in first[i + 1:]:
-            assert not np.array_equal(a, b)  # tasks within one epoch
-        for b in second:
-            assert not np.array_equal(a, b)  # the same images in the next epoch
+def test_stratified_holdout_takes_the_fraction_of_each_class() -> None:
+    labels = np.repeat(np.arange(3), [100, 20, 50])
+    held = stratified_holdout(labels, 0.2, np.random.default_rng(1))
+    assert np.bincount(labels[held], minlength=3).tolist() == [20, 4, 10]

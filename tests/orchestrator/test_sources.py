@@ -407,18 +407,36 @@ def test_parquet_location_checks_existence(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("w", "h"), [(60, 20), (20, 60)], ids=["wide", "tall"])
-def test_decode_resizes_shorter_side_and_centre_crops(w: int, h: int) -> None:
+def test_decode_with_center_square_resizes_shorter_side_and_centre_crops(w: int, h: int) -> None:
     """Three square blocks along the long side, red | green | blue: the centre crop is all green."""
     blocks = [solid(c, 20, 20) for c in (RED, GREEN, BLUE)]
     image = np.concatenate(blocks, axis=1 if w > h else 0)
-    out = sources.decode_image(encode(image), 10)
+    out = sources.decode_image(encode(image), 10, center_square=True)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     np.testing.assert_allclose(out[1:-1, 1:-1].reshape(-1, 3).astype(int), [GREEN] * 64, atol=2)
 
 
-def test_decode_upscales_a_small_image() -> None:
-    out = sources.decode_image(encode(solid(BLUE, 4, 6)), 8)
-    assert out.shape == (8, 8, 3)
+@pytest.mark.parametrize(("w", "h"), [(60, 20), (20, 60)], ids=["wide", "tall"])
+def test_decode_keeps_the_whole_image_with_the_shorter_side_at_size(w: int, h: int) -> None:
+    """red | green | blue blocks: all three survive, the shorter side is `size`, the aspect is kept."""
+    blocks = [solid(c, 20, 20) for c in (RED, GREEN, BLUE)]
+    image = np.concatenate(blocks, axis=1 if w > h else 0)
+    out = sources.decode_image(encode(image), 10)
+    assert out.shape == ((10, 30, 3) if w > h else (30, 10, 3)) and out.dtype == np.uint8
+    thirds = np.split(out, 3, axis=1 if w > h else 0)
+    for part, colour in zip(thirds, (RED, GREEN, BLUE), strict=True):
+        np.testing.assert_allclose(part[1:-1, 1:-1].reshape(-1, 3).astype(int).mean(0), colour, atol=3)
+
+
+def test_decode_bounds_a_panorama_longer_side() -> None:
+    out = sources.decode_image(encode(solid(RED, 10, 100)), 8)  # 10:1 wide
+    assert out.shape == (3, sources.MAX_ASPECT * 8, 3)
+
+
+@pytest.mark.parametrize("center_square", [False, True])
+def test_decode_upscales_a_small_image(center_square: bool) -> None:
+    out = sources.decode_image(encode(solid(BLUE, 4, 6)), 8, center_square)
+    assert out.shape == ((8, 8, 3) if center_square else (8, 12, 3))
     assert (out == BLUE).all()
 
 
@@ -433,7 +451,7 @@ def test_decode_upscales_a_small_image() -> None:
     ids=["gray", "gray_alpha", "rgba", "bilevel"],
 )
 def test_decode_converts_other_modes_to_rgb(make: Callable[[], Image.Image], expected: tuple[int, int, int]) -> None:
-    out = sources.decode_image(encode(make()), 5)
+    out = sources.decode_image(encode(make()), 5, center_square=True)
     assert out.shape == (5, 5, 3)
     assert (out == expected).all()
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import (
     BRIGHTNESS,
     CONTRAST,
@@ -49,16 +50,16 @@ def random_images(n: int, size: int, seed: int = 0, low: int = 0, high: int = 25
     return torch.randint(low, high, (n, 3, size, size), generator=g, dtype=torch.uint8)
 
 
-def coordinate_image(size: int = 32) -> Tensor:
-    """uint8 (3, size, size) whose R encodes the column, G the row: value = 8·coordinate + 4.
+def coordinate_image(size: int = 32, width: int = 0) -> Tensor:
+    """uint8 (3, size, width or size) whose R encodes the column, G the row: value = 8·coordinate + 4.
 
     Resizing is linear, so every output pixel tells where in the input it was sampled.
     """
-    assert 8 * size <= 256
-    ramp = torch.arange(size, dtype=torch.float32) * 8 + 4  # (size,)
-    r = ramp.expand(size, size)  # varies along x
-    g = ramp.unsqueeze(1).expand(size, size)  # varies along y
-    b = torch.full((size, size), 128.0)
+    width = width or size
+    assert 8 * max(size, width) <= 256
+    r = (torch.arange(width, dtype=torch.float32) * 8 + 4).expand(size, width)  # varies along x
+    g = (torch.arange(size, dtype=torch.float32) * 8 + 4).unsqueeze(1).expand(size, width)  # varies along y
+    b = torch.full((size, width), 128.0)
     return torch.stack([r, g, b]).to(torch.uint8)
 
 
@@ -158,12 +159,12 @@ def distribution_mismatches(ours: dict[str, np.ndarray], ref: dict[str, np.ndarr
     return bad
 
 
-def geometry_stats(views: Tensor, in_size: int) -> dict[str, np.ndarray]:
-    """Crop area fraction, log aspect ratio and flip of views of `coordinate_image(in_size)`."""
+def geometry_stats(views: Tensor, in_size: int, in_width: int = 0) -> dict[str, np.ndarray]:
+    """Crop area fraction, log aspect ratio, flip and left edge of views of `coordinate_image(in_size, in_width)`."""
     boxes, flip = recover_boxes(views)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return {"area_fraction": (w * h / in_size**2).numpy(), "log_aspect": torch.log(w / h).numpy(),
-            "flip": flip.numpy()}
+    return {"area_fraction": (w * h / (in_size * (in_width or in_size))).numpy(),
+            "log_aspect": torch.log(w / h).numpy(), "flip": flip.numpy(), "left": boxes[:, 0].numpy()}
 
 
 def colour_stats(views: Tensor, image: Tensor) -> dict[str, np.ndarray]:
@@ -456,6 +457,37 @@ def test_crop_and_flip_statistics_match_per_image_torchvision(
 ) -> None:
     views = SimCLRAugment(**GEOMETRY_RECIPE)(geometry_batch, torch.Generator().manual_seed(21))
     assert distribution_mismatches(geometry_stats(views, 32), reference_geometry) == []
+
+
+def test_whole_image_crop_statistics_match_torchvision_on_photos_of_mixed_shapes() -> None:
+    """The data path of whole photos (issue 13): a ragged list of landscape (20 x 30) and portrait
+    images, parameters from per-row keys; the landscape views' crops are distributed as torchvision's
+    RandomResizedCrop on the whole landscape image, left edge included (a centre square never has
+    crops starting left of x = 5)."""
+    landscape, portrait = coordinate_image(20, 30), coordinate_image(30, 20)
+    images = [landscape if i % 4 else portrait for i in range(STATS_N * 4 // 3)]
+    keys = row_keys(seed=5, epoch=1, row_ids=np.arange(len(images)))
+    views = SimCLRAugment(**GEOMETRY_RECIPE)(images, RowRandom(keys))
+    ours = geometry_stats(views[[i % 4 != 0 for i in range(len(images))]], 20, 30)
+    torch.manual_seed(25)
+    ref = geometry_stats(per_image_reference(landscape.expand(STATS_N, -1, -1, -1), **GEOMETRY_RECIPE), 20, 30)
+    assert distribution_mismatches(ours, ref) == []
+    assert (ours["left"] < 4.5).mean() > 0.2
+
+
+def test_a_rows_views_depend_on_its_key_not_on_its_batch() -> None:
+    """Per-row keys: the same row in another batch, at another position, gets the same views."""
+    images = random_images(12, 16)
+    keys = row_keys(seed=3, epoch=2, row_ids=np.arange(100, 112))
+    aug = SimCLRAugment(8, blur_p=0.5, blur_kernel_frac=0.3)
+    whole = aug.two_views(images, RowRandom(keys))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0))[:5]
+    part = aug.two_views(images[order], RowRandom(keys[order.numpy()]))
+    for w, p in zip(whole, part, strict=True):
+        assert torch.equal(w[order], p)
+    other_epoch = aug.two_views(images, RowRandom(row_keys(seed=3, epoch=3, row_ids=np.arange(100, 112))))
+    assert not torch.equal(whole[0], other_epoch[0])
+    assert not torch.equal(whole[0], whole[1])  # the second view draws further along each row's stream
 
 
 def test_colour_statistics_match_per_image_torchvision(

@@ -1,8 +1,8 @@
 """Patch masks and the image <-> patch-sequence reshapes shared by MAE and inpainting.
 
 Masks are bool (B, L) over the row-major patch grid, True = masked (hidden from the encoder, scored by
-the loss). They are drawn on the CPU in Ray Data's tasks from the task's generator, so a batch's mask
-is reproducible from its seed and travels with the view as 1 byte per patch.
+the loss). They are drawn on the CPU in Ray Data's tasks from the rows' random streams (``RowRandom``), so
+a row's mask is reproducible from its key and travels with the view as 1 byte per patch.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import math
 import torch
 from torch import Tensor
 
+from workloads.rng import RandomSource, rand
+
 
 def num_masked(num_patches: int, ratio: float) -> int:
     """round(ratio · L), kept in [1, L − 1]: the encoder needs a visible patch and the loss a masked one."""
     return min(max(round(ratio * num_patches), 1), num_patches - 1)
 
 
-def random_patch_mask(batch: int, num_patches: int, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+def random_patch_mask(batch: int, num_patches: int, ratio: float, generator: RandomSource = None) -> Tensor:
     """Per-image uniformly random masks with exactly `num_masked(L, ratio)` patches masked in every row.
 
     As MAE's `random_masking` (He et al. 2021, §3 "Masking"): argsort uniform noise per image and mask
@@ -29,14 +31,14 @@ def random_patch_mask(batch: int, num_patches: int, ratio: float, generator: tor
         raise ValueError(f"num_patches must be >= 2 (one visible and one masked patch); got {num_patches}")
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be in (0, 1), the fraction of patches masked; got {ratio}")
-    noise = torch.rand(batch, num_patches, generator=generator)  # B x L
+    noise = rand(generator, batch, num_patches)  # B x L
     ids = noise.argsort(dim=1)  # B x L: ascending, so the last ones are masked
     mask = torch.zeros(batch, num_patches, dtype=torch.bool)
     mask.scatter_(1, ids[:, num_patches - num_masked(num_patches, ratio):], True)
     return mask  # B x L
 
 
-def block_mask(batch: int, grid: int, ratio: float, generator: torch.Generator | None = None,
+def block_mask(batch: int, grid: int, ratio: float, generator: RandomSource = None,
                aspect: tuple[float, float] = (0.5, 2.0)) -> Tensor:
     """One random axis-aligned rectangle of patches per image covering about `ratio` of the grid.
 
@@ -50,11 +52,11 @@ def block_mask(batch: int, grid: int, ratio: float, generator: torch.Generator |
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be in (0, 1), the fraction of the image masked; got {ratio}")
     area = ratio * grid * grid
-    log_aspect = torch.rand(batch, generator=generator) * math.log(aspect[1] / aspect[0]) + math.log(aspect[0])
+    log_aspect = rand(generator, batch) * math.log(aspect[1] / aspect[0]) + math.log(aspect[0])
     h = (area / log_aspect.exp()).sqrt().round().clamp(1, grid)  # B
     w = (area / h).round().clamp(1, grid)  # B
-    top = (torch.rand(batch, generator=generator) * (grid - h + 1)).floor()  # B
-    left = (torch.rand(batch, generator=generator) * (grid - w + 1)).floor()  # B
+    top = (rand(generator, batch) * (grid - h + 1)).floor()  # B
+    left = (rand(generator, batch) * (grid - w + 1)).floor()  # B
     idx = torch.arange(grid, dtype=h.dtype)  # grid
     rows = (idx >= top[:, None]) & (idx < (top + h)[:, None])  # B x grid
     cols = (idx >= left[:, None]) & (idx < (left + w)[:, None])  # B x grid

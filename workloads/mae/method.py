@@ -20,8 +20,9 @@ from workloads.mae.loss import masked_mse
 from workloads.mae.masks import block_mask, mask_pixels, patchify, random_patch_mask, unpatchify
 from workloads.mae.model import build_inpaint_model, build_mae_model
 from workloads.mae.pictures import reconstruction_grid
-from workloads.method import Method, Net, denormalize, normalize
+from workloads.method import Images, Method, Net, denormalize, normalize
 from workloads.recipes import cifar10, digits
+from workloads.rng import RandomSource
 from workloads.simclr.method import make_augment
 
 MAX_PICTURES = 8
@@ -37,7 +38,7 @@ def patch_grid(cfg: Config) -> int:
     return size // p
 
 
-def one_view(images: Tensor, cfg: Config, generator: torch.Generator) -> Tensor:
+def one_view(images: Images, cfg: Config, generator: RandomSource) -> Tensor:
     """MAE's only augmentation, random resized crop + flip (the recipes set jitter, grayscale, blur to 0)."""
     return make_augment(cfg.aug, cfg.data.image_size)(images, generator)  # B x 3 x S x S uint8
 
@@ -133,10 +134,10 @@ class MAE(Method):
     recipes: dict[str, Callable[[], Config]] = {"digits": mae_digits, "cifar10": mae_cifar10}  # noqa: RUF012
     search = ("mae.mask_ratio=uniform(0.5,0.9)",)
 
-    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+    def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8
         g = patch_grid(cfg)
-        mask = random_patch_mask(view.shape[0], g * g, cfg.mae.mask_ratio, generator)  # B x L bool
+        mask = random_patch_mask(len(view), g * g, cfg.mae.mask_ratio, generator)  # B x L bool
         return {"view0": view, "mask": mask}
 
     def build_model(self, cfg: Config) -> nn.Module:
@@ -219,7 +220,7 @@ class Inpaint(Method):
     recipes: dict[str, Callable[[], Config]] = {"digits": inpaint_digits, "cifar10": inpaint_cifar10}  # noqa: RUF012
     search = ("mae.mask_ratio=uniform(0.1,0.5)",)
 
-    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+    def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8
         mask = block_mask(view.shape[0], patch_grid(cfg), cfg.mae.mask_ratio, generator)  # B x L bool
         return {"view0": view, "mask": mask}

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from workloads import recipes as simclr_recipes
 from workloads.config import Config, ConfigError
 from workloads.encoders import build_encoder
-from workloads.method import Method, Net
+from workloads.method import Images, Method, Net
 from workloads.moco.loss import info_nce
 from workloads.moco.model import MoCoModel, mlp_head
+from workloads.rng import RandomSource
 from workloads.simclr.method import two_views
 
 
@@ -95,7 +96,7 @@ class MoCo(Method):
     search = ("loss.temperature=loguniform(0.05,0.5)", "moco.momentum=uniform(0.9,0.999)",
               "moco.queue_size=choice(1024,4096,16384)")
 
-    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+    def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)  # MoCo v2's aug+ is SimCLR's augmentation
 
     def build_model(self, cfg: Config) -> nn.Module:

@@ -25,6 +25,9 @@ from torch.nn import functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
+from workloads.method import Images
+from workloads.rng import RandomSource, rand
+
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 LUMA_R, LUMA_G, LUMA_B = 0.2989, 0.587, 0.114
 MAX_VALUE = 255.0  # the ops work on float images in uint8 range
@@ -53,61 +56,63 @@ def blur_kernel_size(output_size: int, kernel_frac: float) -> int:
     return size if size % 2 == 1 else size + 1
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device,
-             dtype: torch.dtype = torch.float32) -> Tensor:
-    """n draws uniform in [low, high)."""
-    return torch.rand(n, generator=generator, device=device, dtype=dtype) * (high - low) + low
+def _uniform(n: int, low: float, high: float, generator: RandomSource, device: torch.device,
+             dtype: torch.dtype = torch.float32, k: int = 0) -> Tensor:
+    """Draws uniform in [low, high): (n,), or (n, k) when k > 0."""
+    return rand(generator, n, k, dtype=dtype, device=device) * (high - low) + low
 
 
-def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _bernoulli(n: int, p: float, generator: RandomSource, device: torch.device) -> Tensor:
     """n booleans, True with probability p (torchvision's `torch.rand(1) < p` test, per image)."""
-    return torch.rand(n, generator=generator, device=device) < p
+    return rand(generator, n, device=device) < p
 
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
-                      ratio: tuple[float, float], generator: torch.Generator | None = None,
+def sample_crop_boxes(n: int, height: int | Tensor, width: int | Tensor, scale: tuple[float, float],
+                      ratio: tuple[float, float], generator: RandomSource = None,
                       device: torch.device | None = None) -> Tensor:
     """Per-image crop boxes (n, 4) as x1, y1, x2, y2 in input pixels, float32.
 
     Same distribution as torchvision's RandomResizedCrop.make_params, vectorised: n × 10 candidate
     (area, log-ratio) draws, each image keeps its first candidate that fits, and images with none
-    fall back to the centre crop. Sizes are rounded half-to-even like Python's round().
+    fall back to the centre crop. Sizes are rounded half-to-even like Python's round(). ``height``
+    and ``width`` are one size for the batch or one per image (n,): a batch of whole photos of
+    different shapes, each cropped from its whole area.
     """
     device = torch.device("cpu") if device is None else device
     f64 = torch.float64
-    area = float(height * width)
-    target_area = area * _uniform(n * CROP_ATTEMPTS, scale[0], scale[1], generator, device, f64)
-    log_ratio = _uniform(n * CROP_ATTEMPTS, math.log(ratio[0]), math.log(ratio[1]), generator, device, f64)
+    height = torch.as_tensor(height, dtype=f64, device=device).expand(n)  # (n,)
+    width = torch.as_tensor(width, dtype=f64, device=device).expand(n)  # (n,)
+    area = (height * width).unsqueeze(1)  # (n, 1)
+    target_area = area * _uniform(n, scale[0], scale[1], generator, device, f64, k=CROP_ATTEMPTS)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device, f64, k=CROP_ATTEMPTS)
     aspect = torch.exp(log_ratio)
-    w = torch.sqrt(target_area * aspect).round().view(n, CROP_ATTEMPTS)  # (n, 10)
-    h = torch.sqrt(target_area / aspect).round().view(n, CROP_ATTEMPTS)  # (n, 10)
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, 10)
+    w = torch.sqrt(target_area * aspect).round()  # (n, 10)
+    h = torch.sqrt(target_area / aspect).round()  # (n, 10)
+    fits = (w > 0) & (w <= width.unsqueeze(1)) & (h > 0) & (h <= height.unsqueeze(1))  # (n, 10)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # (n, 1): first fitting attempt
     w = w.gather(1, first).squeeze(1)  # (n,)
     h = h.gather(1, first).squeeze(1)  # (n,)
 
     fallback_w, fallback_h = _centre_crop_size(height, width, ratio)
     none_fit = ~fits.any(dim=1)
-    w = torch.where(none_fit, float(fallback_w), w)
-    h = torch.where(none_fit, float(fallback_h), h)
+    w = torch.where(none_fit, fallback_w, w)
+    h = torch.where(none_fit, fallback_h, h)
 
     # Top-left corner uniform over the valid integer positions (torch.randint(0, side - size + 1)).
-    top = torch.floor(torch.rand(n, generator=generator, device=device, dtype=f64) * (height - h + 1))
-    left = torch.floor(torch.rand(n, generator=generator, device=device, dtype=f64) * (width - w + 1))
+    top = torch.floor(rand(generator, n, dtype=f64, device=device) * (height - h + 1))
+    left = torch.floor(rand(generator, n, dtype=f64, device=device) * (width - w + 1))
     corner = torch.where(none_fit.unsqueeze(1),
                          torch.stack([(width - w) // 2, (height - h) // 2], dim=1),  # centred fallback
                          torch.stack([left, top], dim=1))  # (n, 2): x1, y1
     return torch.cat([corner, corner + torch.stack([w, h], dim=1)], dim=1).float()
 
 
-def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    """(w, h) of RandomResizedCrop's fallback: the largest centred crop with an allowed aspect ratio."""
+def _centre_crop_size(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """(w, h) per image of RandomResizedCrop's fallback: the largest centred crop with an allowed ratio."""
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return width, round(width / ratio[0])
-    if in_ratio > ratio[1]:
-        return round(height * ratio[1]), height
-    return width, height
+    w = torch.where(in_ratio > ratio[1], (height * ratio[1]).round(), width)
+    h = torch.where(in_ratio < ratio[0], (width / ratio[0]).round(), height)
+    return w, h
 
 
 def crop_resize(images: Tensor, boxes: Tensor, output_size: int) -> Tensor:
@@ -338,9 +343,10 @@ class SimCLRAugment:
         return [op for op, (low, high) in enumerate(self.factor_ranges())
                 if not low == high == identity[op]]
 
-    def sample_params(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
+    def sample_params(self, n: int, height: int | Tensor, width: int | Tensor, generator: RandomSource = None,
                       device: torch.device | None = None) -> ViewParams:
-        """Draw all random parameters of one view for n images of height × width, in a fixed order.
+        """Draw all random parameters of one view for n images of height × width (each a size, or
+        one per image), in a fixed order.
 
         Everything is drawn whatever the probabilities, so with one seed the crops do not change
         when, say, blur_p does.
@@ -349,7 +355,7 @@ class SimCLRAugment:
         boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator, device)
         flip = _bernoulli(n, self.flip_p, generator, device)
         jitter = _bernoulli(n, self.jitter_p, generator, device)
-        order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)  # uniform permutation
+        order = rand(generator, n, 4, device=device).argsort(dim=1)  # uniform permutation
         factors = torch.stack(
             [_uniform(n, low, high, generator, device) for low, high in self.factor_ranges()], dim=1
         )  # (n, 4)
@@ -358,8 +364,9 @@ class SimCLRAugment:
         sigma = _uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, device)
         return ViewParams(boxes, flip, jitter, order, factors, gray, blur, sigma)
 
-    def apply(self, images: Tensor, params: ViewParams, chunk_pixels: int = CHUNK_PIXELS) -> Tensor:
-        """Apply given parameters: uint8 (N, 3, H, W) → uint8 (N, 3, S, S).
+    def apply(self, images: Images, params: ViewParams, chunk_pixels: int = CHUNK_PIXELS) -> Tensor:
+        """Apply given parameters: uint8 (N, 3, H, W), or N uint8 (3, H_i, W_i) images of different
+        shapes, → uint8 (N, 3, S, S).
 
         Works through the batch in chunks of about `chunk_pixels` output pixels: every op is still
         vectorised over a chunk's images, but the float temporaries stay small enough to be reused
@@ -368,17 +375,17 @@ class SimCLRAugment:
         so the output does not depend on the chunk size.
         """
         _check_images(images)
-        n = images.shape[0]
+        n = len(images)
         chunk = max(1, chunk_pixels // self.output_size**2)
-        out = images.new_empty((n, 3, self.output_size, self.output_size))
+        out = torch.empty((n, 3, self.output_size, self.output_size), dtype=torch.uint8, device=images[0].device)
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             out[part] = self._apply_chunk(images[part], params.select(part))
         return out
 
-    def _apply_chunk(self, images: Tensor, params: ViewParams) -> Tensor:
+    def _apply_chunk(self, images: Images, params: ViewParams) -> Tensor:
         """apply() on one chunk, every op vectorised over its images."""
-        x = crop_resize(images.float(), params.boxes, self.output_size)  # (N, 3, S, S) float in [0, 255]
+        x = crop_resize_images(images, params.boxes, self.output_size)  # (N, 3, S, S) float in [0, 255]
         _apply_subset(x, params.flip, hflip)
         ops = self.active_ops()
         for position in range(4):  # ColorJitter's random order: each op on the images that have it here
@@ -391,22 +398,49 @@ class SimCLRAugment:
                           params.sigma)
         return x.round_().clamp_(0.0, MAX_VALUE).to(torch.uint8)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, images: Images, generator: RandomSource = None) -> Tensor:
         """One augmented view per image, each with independently drawn parameters.
 
-        images: uint8 (N, 3, H, W) → uint8 (N, 3, output_size, output_size). With `generator`
-        all randomness comes from it (same seed, same output); otherwise from torch's default.
+        images: uint8 (N, 3, H, W), or a list of N uint8 (3, H_i, W_i) whole images (each cropped
+        from its own whole area) → uint8 (N, 3, output_size, output_size). With `generator` all
+        randomness comes from it (same seed, same output; a ``RowRandom``: same row key, same
+        view); otherwise from torch's default.
         """
         _check_images(images)
-        n, _, height, width = images.shape
+        n = len(images)
         if n == 0:
-            return images.new_empty((0, 3, self.output_size, self.output_size))
-        params = self.sample_params(n, height, width, generator, images.device)
+            return torch.empty((0, 3, self.output_size, self.output_size), dtype=torch.uint8)
+        height, width = image_sizes(images)
+        params = self.sample_params(n, height, width, generator, images[0].device)
         return self.apply(images, params)
 
-    def two_views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def two_views(self, images: Images, generator: RandomSource = None) -> tuple[Tensor, Tensor]:
         """Two independent views of every image: the positive pairs of SimCLR's loss."""
         return self(images, generator), self(images, generator)
+
+
+def image_sizes(images: Images) -> tuple[int | Tensor, int | Tensor]:
+    """(height, width) of a batch: two ints for a tensor, two (N,) tensors for a list of images."""
+    if isinstance(images, Tensor):
+        return images.shape[2], images.shape[3]
+    sizes = torch.tensor([tuple(img.shape[1:]) for img in images], dtype=torch.float64)  # (N, 2)
+    return sizes[:, 0], sizes[:, 1]
+
+
+def crop_resize_images(images: Images, boxes: Tensor, output_size: int) -> Tensor:
+    """``crop_resize`` for a batch tensor, or for images of several shapes: one roi_align per shape
+    (a batch of photos holds a few shapes: landscape, portrait, square)."""
+    if isinstance(images, Tensor):
+        return crop_resize(images.float(), boxes, output_size)
+    out = torch.empty((len(images), 3, output_size, output_size), device=boxes.device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    for index in groups.values():
+        stacked = torch.stack([images[i] for i in index]).float()  # (M, 3, H, W)
+        rows = torch.tensor(index, device=boxes.device)
+        out[rows] = crop_resize(stacked, boxes[rows], output_size)
+    return out
 
 
 def _apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image: Tensor) -> None:
@@ -418,10 +452,15 @@ def _apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image
     x.index_copy_(0, index, fn(subset, *(p.index_select(0, index) for p in per_image)))
 
 
-def _check_images(images: Tensor) -> None:
-    """Fail fast, in one sentence, on anything but a uint8 (N, 3, H, W) tensor."""
+def _check_images(images: Images) -> None:
+    """Fail fast, in one sentence, on anything but uint8 (N, 3, H, W) or a list of uint8 (3, H, W)."""
+    if isinstance(images, list):
+        for img in images:
+            _check_images(img.unsqueeze(0) if isinstance(img, Tensor) else img)
+        return
     if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a torch.Tensor of shape (N, 3, H, W); got {type(images).__name__}")
+        raise ValueError(f"images must be a torch.Tensor of shape (N, 3, H, W) or a list of (3, H, W) tensors; "
+                         f"got {type(images).__name__}")
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 in [0, 255] (normalise later, on the training device); "
                          f"got dtype {images.dtype}")

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from workloads.config import AugConfig, Config
-from workloads.method import Method, Net
+from workloads.method import Images, Method, Net
 from workloads.recipes import RECIPES
+from workloads.rng import RandomSource
 from workloads.simclr.augment import SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
@@ -21,7 +22,7 @@ def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:
     )
 
 
-def two_views(images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+def two_views(images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
     """Two independently augmented views of each image, with per-image random parameters."""
     v0, v1 = make_augment(cfg.aug, cfg.data.image_size).two_views(images, generator)
     return {"view0": v0, "view1": v1}  # B x 3 x s x s uint8 each
@@ -39,7 +40,7 @@ class SimCLR(Method):
     recipes = RECIPES
     search = ("loss.temperature=loguniform(0.05,1.0)", "aug.strength=uniform(0.25,1.5)")
 
-    def views(self, images: Tensor, cfg: Config, generator: torch.Generator) -> dict[str, Tensor]:
+    def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)
 
     def build_model(self, cfg: Config) -> nn.Module:

@@ -1,0 +1,211 @@
+"""The training stream: every epoch a new global order of the rows, and views keyed by row.
+
+Why not Ray Data's ``random_shuffle``: its seed is fixed when the plan is built, so with a seed
+every epoch repeats one order, and without one no run can be reproduced or resumed onto the same
+sequence; it also moves every row through an all-to-all exchange each epoch. Here, as
+``DistributedSampler.set_epoch`` does for a DataLoader, the order is a permutation drawn from
+(``train.seed``, epoch), and the rows are addressed by position:
+
+- ``RowStore``: where row ``p`` lives: in a block of decoded (or encoded) images that Ray's object
+  store holds once for the run, or in a file that is read and decoded again each epoch;
+- ``EpochClock``: a small actor the train workers set at the start of each epoch, read by the tasks;
+- ``train_stream``: ``ray.data.range(chunks)``; task ``j`` takes chunk ``j`` of the epoch's
+  permutation, gathers those rows (zero-copy reads of blocks in the local object store), and
+  returns the method's views with a ``RowRandom`` keyed by (seed, epoch, row id).
+
+So a batch is a uniform sample of the whole dataset, whatever order the source lists its files in
+(class folders, Parquet written class by class); two runs with one seed see the same rows, and a
+resumed run continues the same sequence of epochs. Ray Train ``streaming_split``s the stream across
+its workers; which worker gets which chunk follows the order they ask in.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+import ray.data
+import torch
+
+from orchestrator import sources
+from workloads.config import Config
+from workloads.method import Images
+from workloads.methods import method
+from workloads.rng import RowRandom, row_keys
+
+ROW_ID = "row_id"  # streamed beside the views: which row of the store each view is of
+
+
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The epoch the train workers are in; the stream's tasks read it to draw that epoch's order."""
+
+    def __init__(self) -> None:
+        self._epoch = 0  # 0: before training (the views picture, the first batch a driver takes)
+
+    def set(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def get(self) -> int:
+        return self._epoch
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """Row positions -> blocks; large, so it travels once through the object store, not in every task."""
+
+    row_ids: np.ndarray  # (N,) int64: the stable identity of the row at each position
+    offsets: np.ndarray  # (blocks + 1,) int64: first position of each block (blocks kind)
+    canonical: np.ndarray  # (N,) positions in row-id order: what the epoch's permutation permutes
+    paths: pa.Array | None  # files kind: the path of each position
+
+
+@dataclass(frozen=True)
+class RowStore:
+    """The training rows, addressable by position.
+
+    ``blocks`` kind: Arrow tables in the object store with an ``image`` column (decoded uint8,
+    (H, W, 3), shapes may differ) or a ``bytes`` column (encoded, decoded in the stream's task).
+    ``files`` kind (``blocks`` empty): image files read and decoded in the stream's task each epoch.
+    """
+
+    num_rows: int
+    index: ray.ObjectRef  # StoreIndex
+    blocks: tuple[ray.ObjectRef, ...] = ()
+    encoded: bool = False  # blocks hold encoded bytes
+    filesystem: pafs.FileSystem | None = None  # files kind
+    bad_images: str = "skip"  # policy when decoding in the stream (encoded blocks, files)
+
+    @staticmethod
+    def from_blocks(blocks: list[tuple[ray.ObjectRef, int]], row_ids: np.ndarray, encoded: bool = False,
+                    bad_images: str = "skip") -> RowStore:
+        counts = np.asarray([n for _, n in blocks], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if offsets[-1] != len(row_ids):
+            raise ValueError(f"{offsets[-1]} rows in the blocks but {len(row_ids)} row ids")
+        index = StoreIndex(row_ids.astype(np.int64), offsets, np.argsort(row_ids, kind="stable"), None)
+        return RowStore(len(row_ids), ray.put(index), tuple(ref for ref, _ in blocks), encoded,
+                        bad_images=bad_images)
+
+    @staticmethod
+    def from_files(paths: list[str], row_ids: np.ndarray, filesystem: pafs.FileSystem,
+                   bad_images: str = "skip") -> RowStore:
+        index = StoreIndex(row_ids.astype(np.int64), np.zeros(1, np.int64), np.argsort(row_ids, kind="stable"),
+                           pa.array(paths))
+        return RowStore(len(paths), ray.put(index), (), False, filesystem, bad_images)
+
+
+def epoch_order(store_index: StoreIndex, seed: int, epoch: int) -> np.ndarray:
+    """The positions of the rows in the order epoch ``epoch`` streams them: a permutation of the rows
+    in row-id order drawn from (seed, epoch), so it does not depend on how the blocks were laid out."""
+    return store_index.canonical[_permutation(len(store_index.row_ids), seed, epoch)]
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+_INDEX_CACHE: OrderedDict[str, StoreIndex] = OrderedDict()
+
+
+def _index(ref: ray.ObjectRef) -> StoreIndex:
+    """The store's index, fetched once per Ray worker process (tasks of one run share processes)."""
+    key = ref.hex()
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = ray.get(ref)
+        while len(_INDEX_CACHE) > 2:
+            _INDEX_CACHE.popitem(last=False)
+    return _INDEX_CACHE[key]
+
+
+def num_chunks(store: RowStore, chunk_rows: int) -> int:
+    return -(-store.num_rows // chunk_rows)
+
+
+def train_stream(store: RowStore, cfg: Config, clock: Any) -> ray.data.Dataset:
+    """The lazy per-epoch training stream of ``cfg.method``'s views (plus ``row_id``).
+
+    Each execution (one per epoch) reads the epoch from ``clock``; chunk ``j`` holds rows
+    ``[j·c, (j+1)·c)`` of that epoch's order, c = ``data.augment_batch_size``.
+    """
+    chunk_rows = cfg.data.augment_batch_size
+    n = num_chunks(store, chunk_rows)
+    kwargs: dict[str, Any] = {}
+    if cfg.data.augment_workers:
+        kwargs["concurrency"] = cfg.data.augment_workers
+    return ray.data.range(n, override_num_blocks=n).map_batches(
+        partial(chunk_views, store=store, cfg=cfg, clock=clock), batch_size=1, **kwargs,
+    )
+
+
+def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, clock: Any,
+                epoch: int | None = None) -> dict[str, np.ndarray]:
+    """Ray Data UDF: chunk number(s) -> the views of that chunk's rows in the current epoch."""
+    if epoch is None:
+        epoch = int(ray.get(clock.get.remote()))
+    index = _index(store.index)
+    order = epoch_order(index, cfg.train.seed, epoch)
+    c = cfg.data.augment_batch_size
+    positions = np.concatenate([order[j * c:(j + 1) * c] for j in np.asarray(batch["id"]).tolist()])
+    images, keep = gather(store, index, positions, cfg.data.stored_size, cfg.data.center_square)
+    ids = index.row_ids[positions[keep]]
+    gen = RowRandom(row_keys(cfg.train.seed, epoch, ids))
+    views = method(cfg.method).views(images, cfg, gen)
+    return {**{name: v.numpy() for name, v in views.items()}, ROW_ID: ids}
+
+
+def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int, center_square: bool
+           ) -> tuple[Images, np.ndarray]:
+    """The images at ``positions`` as uint8 (B, 3, S, S) when they share a shape, else a list of
+    (3, H, W); and which positions were readable (a bad file under ``data.bad_images=skip`` is not)."""
+    if store.blocks:
+        arrays = _from_blocks(store, index, positions)
+    else:
+        assert index.paths is not None and store.filesystem is not None
+        arrays = [_read(store.filesystem, index.paths[int(p)].as_py()) for p in positions]
+    if store.encoded or not store.blocks:
+        names = [f"row {int(p)}" if index.paths is None else index.paths[int(p)].as_py() for p in positions]
+        arrays = [None if a is None else sources.decode_or_none(a, size, name, store.bad_images, center_square)
+                  for a, name in zip(arrays, names, strict=True)]
+    keep = np.asarray([a is not None for a in arrays], dtype=bool)
+    tensors = [torch.from_numpy(_writable(a)).permute(2, 0, 1) for a in arrays if a is not None]  # 3 x H x W
+    if tensors and all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(tensors), keep  # B x 3 x H x W
+    return tensors, keep
+
+
+def _from_blocks(store: RowStore, index: StoreIndex, positions: np.ndarray) -> list[Any]:
+    """Rows at ``positions`` from the object store's blocks: one ``ray.get`` of the blocks touched,
+    zero-copy where a block is in the local object store."""
+    block = np.searchsorted(index.offsets, positions, side="right") - 1  # (B,)
+    wanted = np.unique(block)
+    column = "bytes" if store.encoded else "image"
+    out: list[Any] = [None] * len(positions)
+    for b, table in zip(wanted.tolist(), ray.get([store.blocks[b] for b in wanted]), strict=True):
+        rows = np.flatnonzero(block == b)  # where in the chunk this block's rows go
+        taken = table.column(column).take(pa.array(positions[rows] - index.offsets[b])).combine_chunks()
+        values = taken.to_pylist() if store.encoded else taken.to_numpy()  # tensors: (n, H, W, 3) or ragged
+        for i, v in zip(rows.tolist(), values, strict=True):
+            out[i] = v
+    return out
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """A zero-copy view of the object store is read-only; torch wants arrays it may write (it never does)."""
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
+    try:
+        with fs.open_input_file(path) as f:
+            return bytes(f.read())
+    except OSError:
+        return None  # decode_or_none applies the bad-image policy to a missing or unreadable file

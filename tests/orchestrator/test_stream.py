@@ -1,0 +1,185 @@
+"""The training stream on data shaped like users' (issue 13): class-sorted folders and Parquet of JPEG
+photos. Batches are read exactly as the trainer reads them: ``prepare`` -> ``train_stream`` ->
+``iter_torch_batches`` with the epoch set on the clock, in order (the trainer's ingest option).
+
+One small local Ray for the module: 2 CPUs and a 300 MiB object store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+import ray.data
+from photos import class_ordered_parquet, image_folder
+from PIL import Image
+
+from orchestrator import sources
+from orchestrator.data import prepare
+from orchestrator.stream import ROW_ID, EpochClock, RowStore, train_stream
+from workloads.config import Config
+
+CLASSES, PER_CLASS, BATCH = 10, 100, 64
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False)
+    options = ray.data.DataContext.get_current().execution_options
+    options.preserve_order = True  # as the trainer's ingest of the stream
+    try:
+        yield
+    finally:
+        options.preserve_order = False
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return image_folder(tmp_path_factory.mktemp("imagefolder"), CLASSES, PER_CLASS)
+
+
+def config(**data: Any) -> Config:
+    seed = data.pop("seed", 0)
+    return Config().replace({"data.image_size": 16, "data.decode_size": 16, "data.holdout_fraction": 0.0,
+                             "data.augment_batch_size": BATCH, "train.seed": seed,
+                             **{f"data.{k}": v for k, v in data.items()}})
+
+
+def epoch_batches(cfg: Config, store: RowStore, epoch: int, clock: Any = None, batch: int = BATCH
+                  ) -> list[dict[str, np.ndarray]]:
+    """One epoch of the stream in the trainer's batches (drop_last), rows and views."""
+    clock = clock or EpochClock.remote()  # type: ignore[attr-defined]
+    ray.get(clock.set.remote(epoch))
+    ds = train_stream(store, cfg, clock)
+    return [{k: v.numpy() for k, v in b.items()}
+            for b in ds.iter_torch_batches(batch_size=batch, drop_last=True)]
+
+
+def expected_distinct_classes(class_sizes: list[int], batch: int) -> float:
+    """E[#classes in a uniformly random batch] = Σ_c 1 − C(N − n_c, b) / C(N, b)."""
+    n = sum(class_sizes)
+    return sum(1 - math.comb(n - k, batch) / math.comb(n, batch) for k in class_sizes)
+
+
+def assert_batches_mix_classes_like_uniform_ones(batches: list[dict[str, np.ndarray]], labels: np.ndarray) -> None:
+    distinct = [len(np.unique(labels[b[ROW_ID]])) for b in batches]
+    expected = expected_distinct_classes([PER_CLASS] * CLASSES, BATCH)  # ≈ 9.99
+    assert abs(np.mean(distinct) - expected) <= 0.1 * expected, (np.mean(distinct), expected)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_class_sorted_image_folder_batches_mix_classes_like_uniform_batches_and_epochs_differ(folder: Path) -> None:
+    cfg = config(source="imagefolder", root=str(folder))
+    data = prepare(cfg.data, seed=0)
+    assert data.train is not None and data.num_train == CLASSES * PER_CLASS
+    labels = np.asarray(sources.list_image_folder(str(folder)).labels)  # row id = listing position
+    first, second = epoch_batches(cfg, data.train, 1), epoch_batches(cfg, data.train, 2)
+    assert len(first) == len(second) == CLASSES * PER_CLASS // BATCH
+    for batches in (first, second):
+        assert_batches_mix_classes_like_uniform_ones(batches, labels)
+        rows = np.concatenate([b[ROW_ID] for b in batches])
+        assert len(np.unique(rows)) == len(rows)  # each row at most once an epoch
+    assert {frozenset(b[ROW_ID].tolist()) for b in first}.isdisjoint({frozenset(b[ROW_ID].tolist()) for b in second})
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_class_ordered_parquet_batches_mix_classes_like_uniform_batches(tmp_path: Path) -> None:
+    path = class_ordered_parquet(tmp_path / "photos.parquet", CLASSES, PER_CLASS)
+    cfg = config(source="parquet", uri=str(path))
+    data = prepare(cfg.data, seed=0)
+    assert data.train is not None
+    labels = np.repeat(np.arange(CLASSES), PER_CLASS)  # row id = position in the file
+    assert_batches_mix_classes_like_uniform_ones(epoch_batches(cfg, data.train, 1), labels)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_same_seed_gives_the_same_first_batch_bit_for_bit_and_another_seed_does_not(folder: Path) -> None:
+    runs = []
+    for seed in (7, 7, 8):
+        cfg = config(source="imagefolder", root=str(folder), seed=seed)
+        data = prepare(cfg.data, seed=seed)  # a new run: its own preparation, clock and stream
+        assert data.train is not None
+        runs.append(epoch_batches(cfg, data.train, 1)[0])
+    same, again, other = runs
+    for column in ("view0", "view1", ROW_ID):
+        assert np.array_equal(same[column], again[column])
+    assert not np.array_equal(same[ROW_ID], other[ROW_ID])
+    assert not np.array_equal(same["view0"], other["view0"])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(folder: Path) -> None:
+    cfg = config(source="imagefolder", root=str(folder), seed=3)
+    data = prepare(cfg.data, seed=3)
+    assert data.train is not None
+    clock = EpochClock.remote()  # type: ignore[attr-defined]
+    epoch_batches(cfg, data.train, 1, clock)
+    uninterrupted = epoch_batches(cfg, data.train, 2, clock)  # the same pipeline, its second epoch
+    resumed_data = prepare(cfg.data, seed=3)  # stopped after epoch 1; the new driver starts at epoch 2
+    assert resumed_data.train is not None
+    resumed = epoch_batches(cfg, resumed_data.train, 2)
+    assert len(resumed) == len(uninterrupted)
+    for a, b in zip(uninterrupted, resumed, strict=True):
+        for column in ("view0", "view1", ROW_ID):
+            assert np.array_equal(a[column], b[column])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_decoding_every_epoch_streams_the_same_rows_and_views_as_the_cache(folder: Path) -> None:
+    """data.cache_decoded=false reads and decodes the files in the stream's tasks: same sequence."""
+    cached_cfg = config(source="imagefolder", root=str(folder))
+    files_cfg = config(source="imagefolder", root=str(folder), cache_decoded=False)
+    cached, files = prepare(cached_cfg.data, seed=0), prepare(files_cfg.data, seed=0)
+    assert cached.train is not None and files.train is not None
+    assert cached.train.blocks and not files.train.blocks
+    a, b = epoch_batches(cached_cfg, cached.train, 4), epoch_batches(files_cfg, files.train, 4)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x[ROW_ID], y[ROW_ID]) and np.array_equal(x["view0"], y["view0"])
+
+
+def banded_photo(path: Path) -> None:
+    """A 4:3 image: blue centre square, red in the bands outside it (48 x 64: bands 8 px wide)."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :, 2] = 255
+    image[:, :8] = image[:, 56:] = (255, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("center_square", [False, True])
+def test_crops_cover_the_sides_of_a_4_3_photo_unless_center_square(tmp_path: Path, center_square: bool) -> None:
+    for i in range(4):
+        banded_photo(tmp_path / "a" / f"{i}.png")
+    cfg = config(source="imagefolder", root=str(tmp_path), center_square=center_square, decode_size=48,
+                 augment_batch_size=4).replace({"aug.jitter_p": 0.0, "aug.gray_p": 0.0})
+    data = prepare(cfg.data, seed=0)
+    assert data.train is not None
+    views = np.concatenate([b[name] for epoch in range(1, 26) for b in epoch_batches(cfg, data.train, epoch, batch=4)
+                            for name in ("view0", "view1")])  # 200 views
+    red = (views[:, 0].astype(int) - views[:, 2].astype(int) > 128).reshape(len(views), -1).any(axis=1)
+    if center_square:
+        assert not red.any()
+    else:
+        assert red.mean() > 0.2  # crops reach outside the centre square
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_eval_root_gives_a_class_sorted_source_a_kNN_bank_and_queries_of_every_class(
+        folder: Path, tmp_path: Path) -> None:
+    val = image_folder(tmp_path / "val", CLASSES, 10, seed=1)
+    cfg = config(source="imagefolder", root=str(folder), eval_root=str(val)).replace(
+        {"data.eval_bank_size": 50, "data.eval_test_size": 30})
+    data = prepare(cfg.data, seed=0)
+    assert data.num_classes == CLASSES and data.eval_bank is not None and data.eval_test is not None
+    bank, queries = (ds.take_batch(10_000, batch_format="numpy") for ds in (data.eval_bank, data.eval_test))
+    assert np.bincount(bank["label"], minlength=CLASSES).tolist() == [5] * CLASSES  # balanced, every class
+    assert np.bincount(queries["label"], minlength=CLASSES).tolist() == [3] * CLASSES
+    assert bank["image"].shape[1:] == queries["image"].shape[1:] == (16, 16, 3)  # centre squares
+    assert data.train is not None and data.num_train == CLASSES * PER_CLASS  # nothing held out of training
