@@ -16,7 +16,8 @@ from workloads.config import ConfigError
 from workloads.methods import METHODS
 
 EXIT_USER_ERROR = 2
-COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli")
+COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli",
+                                     "orchestrator.export")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -31,8 +31,8 @@ import yaml
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import console, plots, sources, tracking
-from orchestrator.data import PreparedData, augmented, prepare, to_tensor_images
+from orchestrator import console, mlflow_record, plots, sources, tracking
+from orchestrator.data import PreparedData, augmented, prepare
 from orchestrator.errors import UserError
 from orchestrator.interrupt import StopFlag, run_interruptibly, sigterm_as_interrupt
 from orchestrator.secrets import redact, redact_values
@@ -332,6 +332,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
                                          "dataset.steps_per_epoch": steps})
     if data.bad_images > 0:
         client.log_metric(run_id, "bad_images_skipped", data.bad_images)
+    mlflow_record.log_dataset(client, run_id, cfg, data.num_train, data.num_classes)
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
@@ -363,7 +364,11 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
+    monitor = mlflow_record.system_metrics(run_id, uri)
+    try:
+        result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
+    finally:
+        monitor.finish()
     if stopped:
         where = result.checkpoint.path if result.checkpoint else "-"
         raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
@@ -413,20 +418,8 @@ def _printer(flag: Any) -> Any:
 
 
 def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
-    """The trained backbone (features before the head) as an MLflow PyTorch model of the run."""
-    import mlflow
-    import mlflow.pytorch
-
+    """The trained backbone (features before the head) as an MLflow PyTorch model of the run: it takes
+    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/mlflow_record.py)."""
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
-    encoder = model.get_submodule("encoder").eval()
-    # pt2 (torch.export, MLflow 3's default) marks only dimensions larger than 1 as dynamic: a batch
-    # of 2 keeps the saved model usable at any batch size.
-    example = to_tensor_images(torch.zeros(2, cfg.data.image_size, cfg.data.image_size, 3,
-                                           dtype=torch.uint8).numpy()).float().numpy()
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            encoder, name="encoder", input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+    mlflow_record.log_encoder_model(model.get_submodule("encoder").eval(), run_id, uri, cfg.data.image_size)

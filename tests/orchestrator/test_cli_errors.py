@@ -100,7 +100,7 @@ def test_unwritable_storage_path_is_one_line_and_exit_2_before_ray_starts(
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("not a folder")
-    code, line = run_main(BASE + ["--set", f"train.storage_path={tmp_path}/a_file/runs"], capsys)
+    code, line = run_main([*BASE, "--set", f"train.storage_path={tmp_path}/a_file/runs"], capsys)
     assert code == 2
     assert line.startswith(f"simclr: error: train.storage_path: cannot write to {tmp_path}/a_file/runs")
     assert not ray.is_initialized()  # refused before Ray started
