@@ -14,6 +14,7 @@ attempt had got to, and the progress lines rank 0 sends for the driver to print.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -48,6 +49,17 @@ def sigterm_as_interrupt() -> None:
     """Make SIGTERM raise ``Terminated`` on the main thread (call again after ``ray.init``, which sets its own)."""
     if _main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def sigterm_as_sigint() -> None:
+    """Make SIGTERM take Ctrl-C's path where a library owns SIGINT (Ray Tune stops its trials
+    gracefully on the first SIGINT); the exit code still says SIGTERM."""
+    def forward(signum: int, frame: FrameType | None) -> None:
+        _received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if _main_thread():
+        signal.signal(signal.SIGTERM, forward)
 
 
 @ray.remote(num_cpus=0)
