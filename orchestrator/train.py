@@ -209,7 +209,7 @@ def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: in
     device = "1 GPU" if cfg.train.use_gpu else f"{cpw:.2g} CPU"
     classes = f", {num_classes} classes" if num_classes else ""
     log = console.current().log_path
-    return (f"simclr train {cfg.method}: run {cfg.train.name} (MLflow {run_id}) on {where} "
+    return (f"run {cfg.train.name}, {cfg.method} (MLflow run {run_id}) on {where} "
             f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)\n"
             f"  {cfg.train.workers} workers x {device}, {cfg.train.epochs} epochs of {steps} steps; "
             f"data {cfg.data.source}: {num_train} training images{classes}, {cfg.data.image_size} px"

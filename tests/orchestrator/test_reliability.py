@@ -126,6 +126,20 @@ def loss_steps(uri: str) -> tuple[MlflowClient, object, list[int]]:
     return client, run, [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
 
 
+def wait_registered(run_dir: Path, epoch: int, timeout: float = 300) -> None:
+    """Until Ray Train has registered the checkpoint of ``epoch`` (its snapshot file names it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+            if int(snapshot["latest_checkpoint_result"]["checkpoint_dir_name"].rsplit("_", 1)[1]) >= epoch:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no registered checkpoint of epoch {epoch} in {run_dir}")
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
@@ -162,6 +176,7 @@ def test_worker_deaths_under_default_settings_resume_from_the_last_complete_chec
     try:
         run.wait_for("after epoch 1")  # restarted after the death in checkpointing, from epoch 1
         run.wait_for("epoch 2/4 done")
+        wait_registered(tmp_path / "runs" / "faults", 2)  # the kill lands in epoch 3, after its checkpoint
         workers = [p for p in descendants(run.proc.pid) if "RayTrainWorker" in cmdline(p)]
         assert workers, "no train worker process found"
         os.kill(workers[-1], signal.SIGKILL)
