@@ -16,7 +16,8 @@ from workloads.config import ConfigError
 from workloads.methods import METHODS
 
 EXIT_USER_ERROR = 2
-COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli")
+COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli",
+                                     "orchestrator.export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_flags(p)
     ray_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own output on the terminal (default: in the run's log file)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
@@ -98,7 +101,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     from orchestrator.train import train
 
-    outcome = train(cfg, ray_options(args))
+    outcome = train(cfg, ray_options(args), quiet=not args.verbose)
     if args.json:
         print(outcome.to_json(), file=out)
     else:
@@ -143,8 +146,11 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.interrupt import exit_code, sigterm_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C
     func: Callable[[argparse.Namespace, TextIO], int] = args.func
     try:
         if getattr(args, "json", False):
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as err:
         print(f"simclr: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
-        return 130
+        return exit_code()
 
 
 if __name__ == "__main__":

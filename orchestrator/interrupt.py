@@ -1,31 +1,77 @@
-"""Ctrl-C that stops a training cleanly: the workers checkpoint and stop, the run ends KILLED.
+"""Ctrl-C and SIGTERM that stop a training cleanly: the workers checkpoint and stop, the run ends KILLED.
 
 Ray Train's own SIGINT handler aborts the run without a checkpoint, and is installed only when
 ``fit()`` runs on the main thread; so ``fit()`` runs on a helper thread and the main thread keeps
-the signal. The first Ctrl-C sets a flag that rank 0 polls every few steps and broadcasts, so every
-worker stops at the same step; a second Ctrl-C aborts at once.
+the signals. The first Ctrl-C or SIGTERM (what ``ray job stop``, Kubernetes, Slurm and ``docker stop``
+send) sets a flag that rank 0 polls every few steps and broadcasts, so every worker stops at the same
+step; a second one aborts at once. Outside ``fit()``, SIGTERM raises ``Terminated`` (a
+KeyboardInterrupt) instead of Ray's ``sys.exit``, so the same clean-up paths run as for Ctrl-C.
+
+The flag's actor is also the run's small shared state on the driver's node: which attempt of the
+worker group is running (a restart after a lost worker or node is attempt 2, 3, ...), where the last
+attempt had got to, and the progress lines rank 0 sends for the driver to print.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
 import ray
 
+from orchestrator import console
+
 T = TypeVar("T")
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_received: list[int] = []  # the signals that asked for a stop, in order
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a running fit(): handled like Ctrl-C (runs end KILLED, Ray is stopped)."""
+
+
+def exit_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (128 + the signal), as shells report them."""
+    return EXIT_CODES.get(signal.Signals(_received[0]), 130) if _received else 130
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise Terminated("terminated (SIGTERM)")
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM raise ``Terminated`` on the main thread (call again after ``ray.init``, which sets its own)."""
+    if _main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def sigterm_as_sigint() -> None:
+    """Make SIGTERM take Ctrl-C's path where a library owns SIGINT (Ray Tune stops its trials
+    gracefully on the first SIGINT); the exit code still says SIGTERM."""
+    def forward(signum: int, frame: FrameType | None) -> None:
+        _received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if _main_thread():
+        signal.signal(signal.SIGTERM, forward)
 
 
 @ray.remote(num_cpus=0)
 class StopFlag:
-    """Set by the driver on Ctrl-C, read by rank 0."""
+    """Set by the driver on Ctrl-C/SIGTERM, read by rank 0; also counts worker-group attempts."""
 
     def __init__(self) -> None:
         self._set = False
+        self._attempts = 0
+        self._progress: dict[str, float] = {}
+        self._lines: list[str] = []
+        self._fatal = ""
 
     def set(self) -> None:
         self._set = True
@@ -33,9 +79,37 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._set
 
+    def attempt_started(self) -> tuple[int, dict[str, float]]:
+        """Rank 0 calls this once per worker group: its attempt number (1 = first) and where the
+        previous attempt had got to (epoch, global_step, time), empty for the first."""
+        self._attempts += 1
+        previous, self._progress = self._progress, {}
+        return self._attempts, previous
 
-def run_interruptibly(fn: Callable[[], T], flag: Any) -> tuple[T, bool]:
-    """Run ``fn`` on a thread; return its result and whether a graceful stop was asked for."""
+    def progress(self, epoch: int, global_step: int) -> None:
+        self._progress = {"epoch": float(epoch), "global_step": float(global_step), "time": time.time()}
+
+    def fail(self, message: str) -> None:
+        self._fatal = message
+
+    def fatal_error(self) -> str:
+        """A deterministic failure (a non-finite loss) that a restart would only repeat."""
+        return self._fatal
+
+    def say(self, line: str) -> None:
+        self._lines.append(line)
+
+    def lines(self, since: int) -> list[str]:
+        return self._lines[since:]
+
+
+def run_interruptibly(fn: Callable[[], T], flag: Any,
+                      on_poll: Callable[[], None] | None = None) -> tuple[T, bool]:
+    """Run ``fn`` on a thread; return its result and whether a graceful stop was asked for.
+
+    ``on_poll`` runs on the main thread twice a second while ``fn`` runs (the driver prints rank 0's
+    progress lines from there).
+    """
     box: dict[str, Any] = {}
     asked = threading.Event()
 
@@ -45,22 +119,28 @@ def run_interruptibly(fn: Callable[[], T], flag: Any) -> tuple[T, bool]:
         except BaseException as err:  # re-raised on the main thread
             box["error"] = err
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if asked.is_set():
-            raise KeyboardInterrupt
+            raise Terminated("aborted") if signum == signal.SIGTERM else KeyboardInterrupt
+        _received.append(signum)
         asked.set()
         flag.set.remote()
-        sys.stderr.write("\nstopping: the workers save a checkpoint at the next step (Ctrl-C again to abort)\n")
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        console.current().say(f"stopping: the workers save a checkpoint at the next step ({again} again to abort)")
 
     thread = threading.Thread(target=target, name="simclr-fit", daemon=True)
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     try:
         thread.start()
         while thread.is_alive():
             thread.join(timeout=0.5)
+            if on_poll is not None:
+                on_poll()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if on_poll is not None:
+            on_poll()
     if "error" in box:
         raise box["error"]
     return box["result"], asked.is_set()

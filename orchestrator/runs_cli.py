@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,14 +208,37 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     cmd = server_command(uri, args.port, args.server_workers)
     if not _port_free(args.port):
         raise UserError(f"--port {args.port} is in use on 127.0.0.1; choose another with --port")
-    print(f"MLflow UI at http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it", file=sys.stderr)
-    proc = subprocess.Popen(cmd)
+    print(f"MLflow UI at {ui_url(uri, args.port)} (store {uri}); Ctrl-C stops it", file=sys.stderr)
+    # its own process group: the server's gunicorn/uvicorn workers are stopped with it, never orphaned
+    proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.main makes it one)
+        stop_group(proc)
         return 0
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the server's whole process group, then SIGKILL whatever is left after ``timeout``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers, even when the leader already exited
+    proc.wait()
+
+
+def ui_url(uri: str, port: int) -> str:
+    """The UI, opened on the training runs of our experiment (MLflow 3 opens experiments on traces)."""
+    base = f"http://127.0.0.1:{port}"
+    try:
+        client = tracking.client_for(uri)
+        exp = client.get_experiment_by_name("simclr")
+    except Exception:
+        return base
+    return f"{base}/#/experiments/{exp.experiment_id}/runs" if exp is not None else base

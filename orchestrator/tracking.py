@@ -23,6 +23,7 @@ from orchestrator.secrets import redact
 RUN_NAME_TAG = "simclr.run_name"
 EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
 MAX_PARAM_LEN = 6000
+KIND_TAG = "mlflow.experimentKind"  # "custom_model_development": the UI opens on training runs, not traces
 
 
 def resolve_uri(uri: str = "") -> str:
@@ -54,9 +55,13 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         probe_server(uri)
     try:
         exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return str(exp.experiment_id)
-        return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+        if exp is None:
+            exp_id = str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+        else:
+            exp_id = str(exp.experiment_id)
+        if exp is None or KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
+        return exp_id
     except Exception as err:  # MlflowException, connection errors, sqlite errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"tracking.uri: cannot reach the MLflow store at {redact(uri)}: {redact(first)[:300]}") from err

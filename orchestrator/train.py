@@ -13,6 +13,7 @@ import platform
 import secrets
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -20,18 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa_lib
 import pyarrow.fs as pafs
 import ray
+import ray.data
 import ray.train
 import torch
 import yaml
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import plots, sources, tracking
-from orchestrator.data import PreparedData, prepare, to_tensor_images
+from orchestrator import console, mlflow_record, plots, sources, tracking
+from orchestrator.data import PreparedData, prepare
 from orchestrator.errors import UserError
-from orchestrator.interrupt import StopFlag, run_interruptibly
+from orchestrator.interrupt import StopFlag, run_interruptibly, sigterm_as_interrupt
 from orchestrator.secrets import redact, redact_values
 from orchestrator.stream import EpochClock, train_stream
 from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
@@ -68,9 +71,10 @@ class TrainOutcome:
 
 
 @contextmanager
-def ray_session(opts: RayOptions, dashboard: bool = False) -> Iterator[None]:
+def ray_session(opts: RayOptions, dashboard: bool = True) -> Iterator[None]:
     """Use the Ray this process is connected to, else connect to the address, else start a local one
-    (with its dashboard when asked: ``simclr tune`` needs it); shut down only what this call started."""
+    (with its dashboard: Train V2's placement-group cleaner needs its State API, see start_local_ray);
+    shut down only what this call started. SIGTERM stays a clean stop (ray.init sets its own handler)."""
     if ray.is_initialized():
         yield
         return
@@ -85,6 +89,7 @@ def ray_session(opts: RayOptions, dashboard: bool = False) -> Iterator[None]:
             start_local_ray(opts.num_cpus, opts.object_store_mb, dashboard)
     except ConnectionError as err:
         raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
+    sigterm_as_interrupt()
     try:
         yield
     finally:
@@ -96,7 +101,8 @@ def start_local_ray(num_cpus: int = 0, object_store_mb: int = 0, dashboard: bool
 
     With ``dashboard``, its workers also learn where its State API is: Train V2's PlacementGroupCleaner
     asks it whether a trial's TorchTrainer controller died and then frees the placement group; without
-    it every trial ASHA stops keeps its CPUs and the next trial waits forever (ENVIRONMENT.md). The
+    it every trial ASHA stops keeps its CPUs and the next trial waits forever (ENVIRONMENT.md), and
+    every training prints "Failed to query Ray Train Controller actor state" every few seconds. The
     cleaner looks the API up from inside a worker, and with several Ray instances on one machine that
     lookup fails ("Found multiple active Ray instances"), so the runtime_env names the dashboard's
     address (RAY_API_SERVER_ADDRESS).
@@ -155,6 +161,62 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def probe_storage(storage: str) -> None:
+    """Write and delete a small file where checkpoints go, before Ray starts: a folder that cannot be
+    created, a read-only mount, a missing bucket or missing credentials are one line, not a traceback
+    from Ray Train's first checkpoint minutes later."""
+    probe = f".simclr-write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(f"{base}/{probe}") as f:
+            f.write(b"ok")
+        fs.delete_file(f"{base}/{probe}")
+    except (OSError, ValueError, pa_lib.ArrowException) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"train.storage_path: cannot write to {redact(storage)} ({redact(reason)[:300]}); "
+                        f"choose a writable folder or bucket") from err
+
+
+def run_log_path(storage: str, name: str) -> str:
+    """The console log of this invocation: beside the run's checkpoints when they are local, else in a
+    temporary folder (either way it is logged to the MLflow run as ``logs/``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = os.path.join(storage, name, "logs") if "://" not in storage else tempfile.mkdtemp(prefix="simclr-log-")
+    return os.path.join(folder, f"console-{stamp}.log")
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars: the driver's DataContext is copied into every dataset made after this,
+    and from there into the Train workers' iterators and the split coordinator."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+
+
+def log_console_file(client: Any, run_id: str, log_path: str) -> None:
+    if os.path.exists(log_path):
+        try:
+            sys.stderr.flush()
+            client.log_artifact(run_id, log_path, "logs")
+        except Exception:  # the tracking server may be away; the file is kept where it is
+            pass
+
+
+def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: int, cpw: float,
+           resources: dict[str, float]) -> str:
+    """What runs where, in two lines."""
+    where = os.environ.get("RAY_ADDRESS") or "a local Ray"
+    device = "1 GPU" if cfg.train.use_gpu else f"{cpw:.2g} CPU"
+    classes = f", {num_classes} classes" if num_classes else ""
+    log = console.current().log_path
+    return (f"run {cfg.train.name}, {cfg.method} (MLflow run {run_id}) on {where} "
+            f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)\n"
+            f"  {cfg.train.workers} workers x {device}, {cfg.train.epochs} epochs of {steps} steps; "
+            f"data {cfg.data.source}: {num_train} training images{classes}, {cfg.data.image_size} px"
+            + (f"\n  Ray's output: {log}" if log else ""))
+
+
 def has_checkpoint(storage: str, name: str) -> bool:
     fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
     selector = pafs.FileSelector(f"{base}/{name}", allow_not_found=True)
@@ -181,14 +243,17 @@ def run_tags(cfg: Config, world: int) -> dict[str, str]:
 
 
 def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "",
-          callbacks: Sequence[Any] = ()) -> TrainOutcome:
+          callbacks: Sequence[Any] = (), quiet: bool = False) -> TrainOutcome:
     """Run (or resume) one training and return where its results are.
 
     ``callbacks`` go to the TorchTrainer's RunConfig (``simclr tune`` passes Tune's TuneReportCallback).
+    ``quiet`` (``simclr train`` without --verbose): Ray's own output goes to the run's log file and the
+    terminal shows only our header, one line per epoch and the result (orchestrator/console.py).
     """
     sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download, cfg.data.eval_root)
     name = cfg.train.name or generated_name(cfg)
     cfg = cfg.replace({"train.name": name, "train.storage_path": storage_path(cfg)})
+    probe_storage(cfg.train.storage_path)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     cfg = cfg.replace({"tracking.uri": uri})  # checkpoints and `simclr eval` know where the run lives
     client = tracking.client_for(uri)
@@ -202,7 +267,10 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
     local = not (ray.is_initialized() or ray_opts.address or os.environ.get("RAY_ADDRESS"))
     if local:  # the local Ray's size is known: refuse an impossible ask before starting it
         cpus_per_worker(cfg.train, float(ray_opts.num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count()))
-    with ray_session(ray_opts):
+    log_path = run_log_path(cfg.train.storage_path, name)
+    with console.capture(log_path, verbose=not quiet), ray_session(ray_opts):
+        if quiet:
+            quiet_ray_data()
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
         data = prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
@@ -218,14 +286,18 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
             run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
+        console.current().say(header(cfg, run_id, data.num_train, data.num_classes, steps, cpw, resources))
         try:
-            outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id, callbacks)
+            outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id, callbacks, quiet)
         except KeyboardInterrupt as err:
-            tracking.end_run(client, run_id, "KILLED", str(err) or "interrupted (Ctrl-C)")
+            tracking.end_run(client, run_id, "KILLED", str(err) or "interrupted (Ctrl-C or SIGTERM)")
             raise
         except BaseException as err:
             tracking.end_run(client, run_id, "FAILED", failure_message(err))
             raise
+        finally:
+            if quiet:
+                log_console_file(client, run_id, log_path)
         tracking.set_tags(client, run_id, {COMPLETE_TAG: str(outcome.complete).lower()})
         tracking.end_run(client, run_id, "FINISHED")
         return outcome
@@ -243,7 +315,7 @@ def failure_message(err: BaseException) -> str:
 
 
 def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, uri: str, exp_id: str,
-         run_id: str, callbacks: Sequence[Any] = ()) -> TrainOutcome:
+         run_id: str, callbacks: Sequence[Any] = (), quiet: bool = False) -> TrainOutcome:
     assert data.train is not None
     # on the driver's node, like Ray Train's controller: a lost worker node must not take these along
     on_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -265,6 +337,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
                                          "dataset.steps_per_epoch": steps})
     if data.bad_images > 0:
         client.log_metric(run_id, "bad_images_skipped", data.bad_images)
+    mlflow_record.log_dataset(client, run_id, cfg, data.num_train, data.num_classes)
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
@@ -280,7 +353,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
         train_loop_config={"cfg": cfg.to_dict(), "meta": {
             "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
             "num_classes": data.num_classes if "eval_bank" in datasets else 0,
-            "stop_flag": stop_flag, "epoch_clock": clock,
+            "stop_flag": stop_flag, "epoch_clock": clock, "console": quiet,
         }},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
@@ -291,12 +364,16 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
             callbacks=list(callbacks),
             # rank 0 logs metrics: fail fast when the tracking server is away (records are re-sent later)
             worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}},
+                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **_forwarded_env()}},
         ),  # type: ignore[call-arg]  # the stubs see Train V1's RunConfig; V2's takes worker_runtime_env
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
     )
-    result, stopped = run_interruptibly(trainer.fit, stop_flag)
+    monitor = mlflow_record.system_metrics(run_id, uri)
+    try:
+        result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
+    finally:
+        monitor.finish()
     if stopped:
         where = result.checkpoint.path if result.checkpoint else "-"
         raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
@@ -319,21 +396,35 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
 
 
-def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
-    """The trained backbone (features before the head) as an MLflow PyTorch model of the run."""
-    import mlflow
-    import mlflow.pytorch
+def _forwarded_env() -> dict[str, str]:
+    """Settings of the driver's environment that rank 0's MLflow system-metrics monitor reads."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_SYSTEM_METRICS_")}
 
+
+def _printer(flag: Any) -> Any:
+    """Print rank 0's progress lines (sent through the flag's actor) on the driver's console."""
+    seen = 0
+
+    def poll() -> None:
+        nonlocal seen
+        try:
+            lines: list[str] = ray.get(flag.lines.remote(seen), timeout=5)
+        except Exception:  # the actor is busy or gone: the lines come with the next poll, or are in the log
+            return
+        seen += len(lines)
+        con = console.current()
+        for line in lines:
+            if line.startswith("~"):
+                con.progress(line[1:])
+            else:
+                con.say(line)
+
+    return poll
+
+
+def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
+    """The trained backbone (features before the head) as an MLflow PyTorch model of the run: it takes
+    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/mlflow_record.py)."""
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
-    encoder = model.get_submodule("encoder").eval()
-    # pt2 (torch.export, MLflow 3's default) marks only dimensions larger than 1 as dynamic: a batch
-    # of 2 keeps the saved model usable at any batch size.
-    example = to_tensor_images(torch.zeros(2, cfg.data.image_size, cfg.data.image_size, 3,
-                                           dtype=torch.uint8).numpy()).float().numpy()
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            encoder, name="encoder", input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+    mlflow_record.log_encoder_model(model.get_submodule("encoder").eval(), run_id, uri, cfg.data.image_size)

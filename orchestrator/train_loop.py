@@ -6,6 +6,7 @@ progress lines, evaluation of the frozen backbone, checkpoint files and MLflow m
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -146,16 +147,82 @@ def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
     return TrainState(payload["epoch"], payload["global_step"], payload["history"], payload["step_history"])
 
 
-def log(msg: str) -> None:
+_console: Any = None  # the driver's StopFlag actor when the driver prints our lines (set once per worker)
+
+
+def log(msg: str, transient: bool = False) -> None:
     """A progress line on stderr (stdout stays clean for --json). Written directly: Ray Train patches
-    ``print`` on workers to go through the root logger, which shows each line twice."""
-    sys.stderr.write(redact(msg) + "\n")
+    ``print`` on workers to go through the root logger, which shows each line twice. With a quiet
+    console the line also goes to the driver, which shows it (``transient``: steps within an epoch,
+    on a terminal only) while Ray's forwarded output goes to the run's log file."""
+    line = redact(msg)
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
+    if _console is not None:
+        _console.say.remote(("~" if transient else "") + line)
+
+
+def set_console(flag: Any) -> None:
+    global _console
+    _console = flag
+
+
+def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found: str) -> None:
+    """Rank 0, once per worker group: a second or later attempt within one fit() is a restart after a
+    lost worker process or node. Record it on the MLflow run: the ``restarts`` metric (its count) and a
+    ``simclr.restart.N`` tag plus ``restarts/restart_N.json`` (time, cause, epochs and steps lost)."""
+    if flag is None:
+        return
+    attempt, previous = ray.get(flag.attempt_started.remote(), timeout=60)
+    if attempt < 2:
+        return
+    n = attempt - 1
+    reached = int(previous.get("global_step", state.global_step))
+    record = {
+        "restart": n,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cause": _restart_cause(previous.get("time", 0.0)),
+        "resumed_after_epoch": state.epoch,
+        "resumed_from": found or "the start (no checkpoint yet)",
+        "epoch_in_progress": int(previous.get("epoch", state.epoch + 1)),
+        "steps_lost": max(0, reached - state.global_step),
+    }
+    log(f"restart {n}: {record['cause']}; resumed after epoch {state.epoch}, {record['steps_lost']} steps lost")
+    if client is None:
+        return
+    try:
+        client.log_metric(run_id, "restarts", n, step=n)
+        client.set_tag(run_id, f"simclr.restart.{n}", json.dumps(record, sort_keys=True))
+        client.log_dict(run_id, record, f"restarts/restart_{n}.json")
+    except Exception as err:  # the tracking server may be away; training goes on
+        log(f"MLflow: could not record restart {n} ({redact(str(err))[:200]})")
+
+
+def _restart_cause(since: float) -> str:
+    """A node that died since the last progress report means a lost node, else a lost worker process."""
+    try:
+        dead = [n for n in ray.nodes() if not n.get("Alive", True)]
+    except Exception:
+        dead = []
+    if dead:
+        ips = ", ".join(sorted({str(n.get("NodeManagerAddress", "?")) for n in dead}))
+        return f"node lost ({ips}); Ray Train restarted the worker group"
+    return "a train worker process was lost; Ray Train restarted the worker group"
+
+
+def check_fatal(flag: Any) -> None:
+    """A restarted attempt after a non-finite loss fails at once: retrying cannot help."""
+    if flag is not None:
+        message = ray.get(flag.fatal_error.remote(), timeout=60)
+        if message:
+            raise NonFiniteLossError(message)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = Config.from_dict(config["cfg"])
     meta: dict[str, Any] = config["meta"]
+    set_console(meta.get("stop_flag") if meta.get("console") else None)
+    check_fatal(meta.get("stop_flag"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -191,6 +258,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     client = tracking.client_for(meta["tracking_uri"]) if rank == 0 else None
     if client is not None and state.history:  # epochs checkpointed before a crash but not yet in MLflow
         _flush(client, run_id, state)
+    if rank == 0:
+        start_attempt(meta.get("stop_flag"), client, run_id, state, found[0] if found else "")
 
     num_classes: int = meta["num_classes"]
     evaluating = rank == 0 and num_classes > 0
@@ -247,10 +316,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if faults.fires("nan_loss", epoch, steps + 1):
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}; "
-                    f"lower optim.lr or raise loss.temperature (the last good checkpoint is kept)"
-                )
+                message = (f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}; "
+                           f"lower optim.lr or raise loss.temperature (the last good checkpoint is kept)")
+                if stop_flag is not None:
+                    ray.get(stop_flag.fail.remote(message), timeout=60)
+                raise NonFiniteLossError(message)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -265,7 +335,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state.step_history.append({"global_step": state.global_step, "step_loss": step_loss})
                 elapsed = time.perf_counter() - start
                 log(f"epoch {epoch}/{cfg.train.epochs} step {steps}/{steps_per_epoch} loss {step_loss:.4f} "
-                    f"lr {lr:.4g} {steps * cfg.train.batch_size / max(elapsed, 1e-9):.0f} img/s")
+                    f"lr {lr:.4g} {steps * cfg.train.batch_size / max(elapsed, 1e-9):.0f} img/s", transient=True)
+                if stop_flag is not None:
+                    stop_flag.progress.remote(epoch, state.global_step)
             if stop_flag is not None and state.global_step % cfg.train.log_every_steps == 0 and _stop_asked(
                     stop_flag, rank, world, device):
                 _stop(epoch, steps, steps_per_epoch, core, optimizer, state, cfg, run_id, rank)

@@ -40,6 +40,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from orchestrator import plots, tracking
 from orchestrator.errors import UserError
+from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.runs_cli import KIND_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
 from orchestrator.train import RayOptions, failure_message, ray_session, start_local_ray, storage_path, train
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
@@ -597,6 +598,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
     with tune_session(ray_opts or RayOptions()):
+        sigterm_as_sigint()  # SIGTERM: Tune's graceful Ctrl-C stop
         _check_dashboard(opts.scheduler)
         plan = _cluster_plan(cfg.train, opts.max_concurrent)
         base = user_base.replace({"train.cpus_per_worker": plan.cpus_per_worker,
@@ -632,6 +634,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) ->
                         f"storage folder)")
     client = tracking.client_for(spec.tracking_uri)
     with tune_session(ray_opts or RayOptions()):
+        sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
         _cluster_plan(Config.from_dict(spec.base).train, int(spec.resources["max_concurrent"]))

@@ -72,7 +72,9 @@ def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
     else:
         _print_outcome(outcome, out)
     if outcome.interrupted:
-        return EXIT_INTERRUPTED
+        from orchestrator.interrupt import exit_code
+
+        return exit_code()  # 130 after Ctrl-C, 143 after SIGTERM
     return 0 if outcome.best is not None else EXIT_NO_RESULT
 
 

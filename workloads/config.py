@@ -260,7 +260,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2
-    max_failures: int = 0  # worker failures Ray Train recovers from (-1: unlimited)
+    # lost worker processes or nodes Ray Train recovers from, each time from the newest checkpoint (-1:
+    # unlimited; preemptions announced by the cloud are not counted): spot clusters need no person
+    max_failures: int = 3
     stop_after_epoch: int = 0  # stop (checkpointed) after this epoch; re-run the same name to go on (0: off)
     seed: int = 0
     log_every_steps: int = 10  # progress line and step-loss metric every N steps

@@ -3,8 +3,8 @@
 The ray 46814 complaint (a node loss restarting training from epoch 1) checked end to end: a 2-worker
 run with one worker on each node; once epoch 1 is checkpointed the worker node is SIGKILLed (raylet,
 object store, workers: what a spot reclaim does) and a replacement node joins (what the autoscaler
-does). With train.max_failures=1, Ray Train restarts the workers from the last checkpoint; MLflow
-must show every epoch exactly once.
+does). Under the default settings (train.max_failures is not set), Ray Train restarts the workers
+from the last checkpoint; MLflow must show every epoch exactly once and the restart on the run.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoc
     # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data.
     submitted = simclr(["submit", "--no-wait", "train", *TINY, "--set", "data.num_samples=256",
                         "--epochs", str(EPOCHS), "--workers", "2", "--name", "node-loss",
-                        "--set", "train.cpus_per_worker=2", "--set", "train.max_failures=1",
+                        "--set", "train.cpus_per_worker=2",
                         "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
                        client_env, tmp_path, timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
@@ -75,3 +75,6 @@ def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoc
     assert run.info.status == "FINISHED"
     steps = [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # each epoch once, none lost
+    assert run.data.params["train.max_failures"] == "3"  # the default
+    restart = json.loads(run.data.tags["simclr.restart.1"])  # the restart is on the run
+    assert 1 <= restart["resumed_after_epoch"] < EPOCHS

@@ -92,3 +92,16 @@ def test_unreadable_image_under_fail_policy_names_the_file_before_training(
     assert code == 2
     assert "unreadable image" in line and "broken.png" in line and "data.bad_images=skip" in line
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["0"]) == []
+
+
+def test_unwritable_storage_path_is_one_line_and_exit_2_before_ray_starts(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    code, line = run_main([*BASE, "--set", f"train.storage_path={tmp_path}/a_file/runs"], capsys)
+    assert code == 2
+    assert line.startswith(f"simclr: error: train.storage_path: cannot write to {tmp_path}/a_file/runs")
+    assert not ray.is_initialized()  # refused before Ray started
+    assert not (tmp_path / "mlflow.db").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -125,6 +126,20 @@ def loss_steps(uri: str) -> tuple[MlflowClient, object, list[int]]:
     return client, run, [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
 
 
+def wait_registered(run_dir: Path, epoch: int, timeout: float = 300) -> None:
+    """Until Ray Train has registered the checkpoint of ``epoch`` (its snapshot file names it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+            if int(snapshot["latest_checkpoint_result"]["checkpoint_dir_name"].rsplit("_", 1)[1]) >= epoch:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no registered checkpoint of epoch {epoch} in {run_dir}")
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
@@ -150,16 +165,18 @@ def test_partial_or_truncated_checkpoint_is_never_loaded(tmp_path: Path) -> None
         load_state_file(str(partial_keys))
 
 
-def test_worker_deaths_while_checkpointing_and_mid_epoch_resume_from_the_last_complete_checkpoint(
+def test_worker_deaths_under_default_settings_resume_from_the_last_complete_checkpoint_and_are_recorded(
         tmp_path: Path) -> None:
-    """Two faults in one run (max_failures=2): the worker dies while writing the epoch-2 checkpoint,
-    then a train worker is SIGKILLed in the middle of epoch 3. Each restart resumes from the newest
-    complete checkpoint, and MLflow holds one run with each epoch once."""
+    """Two faults in one run, with the default train.max_failures: the worker dies while writing the
+    epoch-2 checkpoint, then a train worker is SIGKILLed during epoch 3. Each restart resumes from the
+    newest complete checkpoint, MLflow holds one FINISHED run with each epoch once, and both restarts
+    are recorded on it (the ``restarts`` metric, a tag and a JSON artifact each)."""
     env = clean_env(SIMCLR_FAULTS="die_in_checkpoint@2", SIMCLR_FAULTS_DIR=str(tmp_path / "faults"))
-    run = Watched(cli(tmp_path, "--epochs", "4", "--name", "faults", "--set", "train.max_failures=2"), tmp_path, env)
+    run = Watched(cli(tmp_path, "--epochs", "4", "--name", "faults"), tmp_path, env)
     try:
         run.wait_for("after epoch 1")  # restarted after the death in checkpointing, from epoch 1
-        run.wait_for("epoch 3/4 step 2/")
+        run.wait_for("epoch 2/4 done")
+        wait_registered(tmp_path / "runs" / "faults", 2)  # the kill lands in epoch 3, after its checkpoint
         workers = [p for p in descendants(run.proc.pid) if "RayTrainWorker" in cmdline(p)]
         assert workers, "no train worker process found"
         os.kill(workers[-1], signal.SIGKILL)
@@ -170,9 +187,18 @@ def test_worker_deaths_while_checkpointing_and_mid_epoch_resume_from_the_last_co
     resumes = re.findall(r"resumed from \S+ after epoch (\d+)", err)
     assert resumes[0] == "1"  # the half-written epoch-2 checkpoint was not used
     assert len(resumes) == 2 and int(resumes[1]) >= 2  # the kill in epoch 3 (or just after it) resumed later
-    _, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    client, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "FINISHED"
     assert steps == [1, 2, 3, 4]
+    assert mlflow_run.data.params["train.max_failures"] == "3"  # the default, not set by the test
+    restarts = client.get_metric_history(mlflow_run.info.run_id, "restarts")
+    assert [m.value for m in restarts] == [1, 2]
+    first = json.loads(mlflow_run.data.tags["simclr.restart.1"])
+    assert first["resumed_after_epoch"] == 1 and "worker process was lost" in first["cause"]
+    assert json.loads(mlflow_run.data.tags["simclr.restart.2"])["resumed_after_epoch"] >= 2
+    recorded = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "restarts")}
+    assert recorded == {"restarts/restart_1.json", "restarts/restart_2.json"}
+    assert err.count("restart 1: ") == 1 and err.count("restart 2: ") == 1  # on the console too
 
 
 # --- non-finite loss, bad images, secrets ----------------------------------------------------------------
@@ -290,28 +316,70 @@ def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
     assert knn == [0, 1, 2, 3, 4]
 
 
-# --- Ctrl-C ------------------------------------------------------------------------------------------------
+# --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------------
 
 
-def test_ctrl_c_checkpoints_marks_the_run_killed_and_shuts_ray_down(tmp_path: Path) -> None:
+def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(tmp_path: Path) -> None:
+    """SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at
+    the current step, the run KILLED, Ray stopped, exit 143 without a traceback; the same --name goes on."""
     run = Watched(cli(tmp_path, "--epochs", "30", "--name", "cc"), tmp_path, clean_env())
     try:
         run.wait_for("epoch 1/30 done")
         ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
         assert ray_procs
-        os.kill(run.proc.pid, signal.SIGINT)
+        os.kill(run.proc.pid, signal.SIGTERM)
         code, _out, err = run.finish(timeout=300)
     finally:
         run.kill()
-    assert code == 130, err[-3000:]
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err
     (line,) = simclr_lines(err)
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
     _client, mlflow_run, _steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
     stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
     assert len(stopped) == 1
-    assert load_state_file(str(tmp_path / "runs" / "cc" / stopped[0]))["epoch"] >= 1
+    epoch = load_state_file(str(tmp_path / "runs" / "cc" / stopped[0]))["epoch"]
+    assert epoch >= 1
     deadline = time.time() + 30
     while any(alive(p) for p in ray_procs) and time.time() < deadline:
         time.sleep(0.5)
     assert not any(alive(p) for p in ray_procs), "Ray processes left running"
+
+    # the same name resumes after the stopped checkpoint, into the same MLflow run, each epoch once
+    again = subprocess.run(cli(tmp_path, "--epochs", "30", "--name", "cc", "--set",
+                               f"train.stop_after_epoch={epoch + 1}"),
+                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"after epoch {epoch}" in again.stderr
+    _client, resumed, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    assert resumed.info.run_id == mlflow_run.info.run_id and resumed.info.status == "FINISHED"
+    assert steps == list(range(1, epoch + 2))
+
+
+def test_sigterm_to_simclr_ui_stops_its_whole_server(tmp_path: Path) -> None:
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("simclr")
+    port = free_port()
+    ui = Watched([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
+                  f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port)], tmp_path, clean_env())
+    try:
+        import urllib.request
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and ui.proc.poll() is None, "".join(ui.lines)[-3000:]
+                time.sleep(0.5)
+        server = descendants(ui.proc.pid)
+        assert server
+        assert "/experiments/" in "".join(ui.lines)  # opens on the training runs of the experiment
+        os.kill(ui.proc.pid, signal.SIGTERM)
+        code, _out, err = ui.finish(timeout=60)
+    finally:
+        ui.kill()
+    assert "Traceback" not in err
+    assert code in (0, 143)
+    assert not [p for p in server if alive(p)], "MLflow server processes left running"

@@ -18,7 +18,9 @@ from simclr_testing import RAY, tiny_sets
 from orchestrator.errors import UserError
 from orchestrator.evaluate_checkpoint import evaluate_checkpoint
 from orchestrator.train import COMPLETE_TAG, train
+from orchestrator.train_loop import build_model, load_state_file
 from workloads.config import Config
+from workloads.method import normalize
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -38,12 +40,22 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
            "--tracking-uri", uri, "--set", f"train.storage_path={tmp_path}/runs",
            "--num-cpus", "2", "--object-store-mb", "300", "--json"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a point a second: the run is short
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)  # stdout holds exactly one JSON object
     assert out["complete"] is True and out["run_name"] == "e2e"
     assert os.path.isfile(os.path.join(out["checkpoint"], "state.pt"))
+    # the console: a header, the epoch lines, nothing of Ray's (MLflow may announce a new database)
+    console = proc.stderr.splitlines()
     assert "epoch 1/2 done" in proc.stderr  # progress goes to the terminal (stderr)
+    assert len(console) <= 3 + 1 + 2 + 2, proc.stderr
+    assert "RayTrainWorker" not in proc.stderr and "Ray instance" not in proc.stderr
+    # ... and Ray's output is in the run's log file, also an artifact of the run
+    (log,) = (tmp_path / "runs" / "e2e" / "logs").iterdir()
+    text = log.read_text()
+    assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text and "epoch 2/2 done" in text
+    assert "Failed to query Ray Train Controller actor state" not in text  # local Ray has its dashboard
 
     client = MlflowClient(uri)
     run = client.get_run(out["run_id"])
@@ -67,13 +79,29 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     # artifacts
     assert {"config.yaml", "plots/augmented_views.png", "plots/curves.png", "plots/embedding.png"} <= artifact_paths(
         client, run.info.run_id)
-    # the final encoder as an MLflow model, linked to the run, that loads and embeds images
+    assert f"logs/{log.name}" in artifact_paths(client, run.info.run_id)
+    # the dataset as an MLflow dataset input, and system metrics
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "synthetic" and used.dataset.digest
+    assert json.loads(used.dataset.profile)["num_images"] == int(params["dataset.num_train"])
+    assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+    # the final encoder as an MLflow model, linked to the run, that takes uint8 images and gives the
+    # checkpoint's features without any of our code
     models = client.search_logged_models(experiment_ids=[out["experiment_id"]])
     model = next(m for m in models if m.source_run_id == run.info.run_id)
     mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the current tracking store
+    assert mlflow.models.get_model_info(model.model_uri).signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] \
+        == "uint8"
     encoder = mlflow.pytorch.load_model(model.model_uri)
-    features = encoder(torch.zeros(3, 3, 16, 16))
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    features = encoder(images)
     assert features.shape == (3, 16)  # widths [8, 16]: 16 features before the head
+    trained = build_model(Config.from_dict(load_state_file(out["checkpoint"])["config"]))
+    trained.load_state_dict(load_state_file(out["checkpoint"])["model"])
+    with torch.no_grad():
+        expected = trained.get_submodule("encoder").eval()(normalize(images))
+    assert torch.allclose(features.detach(), expected, atol=1e-5)
 
 
 def test_stopped_run_resumes_at_the_next_epoch_in_the_same_mlflow_run(tiny: Config) -> None:

@@ -1,0 +1,103 @@
+"""The parts of a run's MLflow record that MLflow's own types describe: the dataset as an input, system
+metrics, and the encoder as a model that takes the images people have (uint8) and needs none of our code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from workloads.config import Config
+from workloads.method import MEAN, STD
+
+
+class Uint8Encoder(nn.Module):
+    """uint8 images (B, 3, H, W) -> features: the ImageNet normalisation the encoder was trained with,
+    inside the model, so a user of the logged model cannot get it wrong."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images.float() - self.mean) / self.std  # (B, 3, H, W) normalised
+        out: Tensor = self.encoder(x)  # features: (B, D)
+        return out
+
+
+def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
+    """The run's training data as an MLflow dataset: its source (a path or URI when it has one), a digest
+    of what was read, and a profile with the number of images and classes."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    where = cfg.data.uri or cfg.data.root
+    source: Any = CodeDatasetSource({"data.source": cfg.data.source})
+    if where:
+        try:
+            source = resolve_dataset_source(where)
+        except Exception:  # a scheme MLflow has no source type for: keep the name
+            source = CodeDatasetSource({"data.source": cfg.data.source, "uri": where})
+    facts = {"source": cfg.data.source, "where": where, "split": cfg.data.split, "image_size": cfg.data.image_size,
+             "holdout_fraction": cfg.data.holdout_fraction, "num_images": num_train, "num_classes": num_classes}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+    profile = {"num_images": num_train, "num_classes": num_classes, "image_size": cfg.data.image_size}
+
+    class ImageDataset(MetaDataset):
+        @property
+        def profile(self) -> Any:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(profile)}
+
+    return ImageDataset(source=source, name=cfg.data.source, digest=digest)
+
+
+def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_classes: int) -> None:
+    """``mlflow.log_input`` for a run we hold by id (the Datasets panel of the run)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = dataset_input(cfg, num_train, num_classes)
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                     tags=[InputTag("mlflow.data.context", "train")])])
+
+
+def system_metrics(run_id: str, uri: str) -> Any:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with pynvml) on this node, logging
+    ``system/*`` into the run every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``). Call ``finish()``."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def log_encoder_model(encoder: nn.Module, run_id: str, uri: str, image_size: int) -> None:
+    """The encoder as an MLflow PyTorch model of the run, with a uint8 (B, 3, H, W) signature."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model = Uint8Encoder(encoder).eval()
+    # pt2 (torch.export, MLflow 3's default) marks only dimensions larger than 1 as dynamic: a batch
+    # of 2 keeps the saved model usable at any batch size.
+    example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+    with torch.no_grad():
+        features = model(example)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model, name="encoder", input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), features.numpy()),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
