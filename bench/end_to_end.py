@@ -20,7 +20,11 @@ whole run (Ray start, MLflow, checkpoints, Ray stop for ours). The runs stop one
 configured schedule (`train.stop_after_epoch`), so the final evaluation and model export, which are
 not throughput, do not run.
 
-    .venv/bin/python bench/end_to_end.py [--json] [--quick] [--epochs 3] [--workers 1 2]
+With ``--shuffle-cost`` it measures instead what the per-epoch global shuffle costs (issue 13): our
+side alone, ``data.shuffle=true`` against ``false`` (every epoch in row-id order), alternated
+on, off, off, on so that a drift in load hits both.
+
+    .venv/bin/python bench/end_to_end.py [--json] [--quick] [--epochs 3] [--workers 1 2] [--shuffle-cost]
 """
 
 from __future__ import annotations
@@ -77,13 +81,13 @@ def cli_overrides(cfg: Config) -> list[str]:
 # --- ours: the CLI ----------------------------------------------------------------------------------------
 
 
-def run_ours(cfg: Config, workers: int, cores: int, tmp: Path, logs: bool) -> dict[str, Any]:
+def run_ours(cfg: Config, workers: int, cores: int, tmp: Path, logs: bool, shuffle: bool = True) -> dict[str, Any]:
     simclr = Path(sys.executable).parent / "simclr"
     uri = f"sqlite:///{tmp}/mlflow.db"
     name = f"bench-e2e-w{workers}-{int(time.time())}"
     cmd = [str(simclr), "train", "--recipe", "digits", *cli_overrides(cfg), "--workers", str(workers),
            "--name", name, "--tracking-uri", uri, "--num-cpus", str(cores), "--object-store-mb", "500",
-           "--set", f"train.storage_path={tmp / 'runs'}", "--json"]
+           "--set", f"train.storage_path={tmp / 'runs'}", "--set", f"data.shuffle={str(shuffle).lower()}", "--json"]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if logs else subprocess.PIPE, text=True,
@@ -197,7 +201,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train workers")
     p.add_argument("--logs", action="store_true", help="show the simclr train runs' stderr")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPUs for both sides")
+    p.add_argument("--shuffle-cost", action="store_true",
+                   help="ours only: data.shuffle on against off, 1 worker (what the per-epoch shuffle costs)")
     args = p.parse_args()
+    if args.shuffle_cost:
+        shuffle_cost(args)
+        return
     epochs = 1 if args.quick else args.epochs
     workers = [] if args.quick else args.workers
     cfg = bench_config(epochs, args.quick)
@@ -258,6 +267,30 @@ def main() -> None:
             "ours": {str(w): r for w, r in ours.items()},
             "ratio_ours_over_baseline": ratios,
         })
+
+
+def shuffle_cost(args: argparse.Namespace) -> None:
+    """images/s of `simclr train` (1 worker) with the per-epoch shuffle on and off, alternated."""
+    cfg = bench_config(args.epochs, args.quick)
+    load_before = load_now()
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as d:
+        for shuffle in (True, False, False, True):
+            runs[shuffle].append(run_ours(cfg, 1, args.cores, Path(d), args.logs, shuffle))
+    figures = {s: {"images_per_s": median([r["images_per_s"] for r in rs]),
+                   "data_wait_frac": median([r["data_wait_frac"] for r in rs]), "runs": rs}
+               for s, rs in runs.items()}
+    ratio = figures[True]["images_per_s"] / figures[False]["images_per_s"]
+    rows = [[f"simclr train, 1 worker, data.shuffle={str(s).lower()}", f["images_per_s"],
+             f"{100 * f['data_wait_frac']:.1f}%", " / ".join(f"{r['images_per_s']:.0f}" for r in f["runs"])]
+            for s, f in figures.items()]
+    say(args.json, f"digits recipe, {args.epochs} epochs (median of epochs 2..E of each run), {args.cores} cores; "
+                   f"load {load_before} -> {load_now()}", "",
+        table(["pipeline", "images/s", "data wait", "each run"], rows), "",
+        f"shuffle on / off: {ratio:.3f}x")
+    if args.json:
+        emit_json({"benchmark": "end_to_end_shuffle_cost", "machine": machine(),
+                   "shuffle_on": figures[True], "shuffle_off": figures[False], "ratio_on_over_off": ratio})
 
 
 if __name__ == "__main__":

@@ -102,9 +102,12 @@ class RowStore:
         return RowStore(len(paths), ray.put(index), (), False, filesystem, bad_images)
 
 
-def epoch_order(store_index: StoreIndex, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(store_index: StoreIndex, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The positions of the rows in the order epoch ``epoch`` streams them: a permutation of the rows
-    in row-id order drawn from (seed, epoch), so it does not depend on how the blocks were laid out."""
+    in row-id order drawn from (seed, epoch), so it does not depend on how the blocks were laid out
+    (``shuffle=False``: row-id order every epoch, for measuring what the shuffle costs)."""
+    if not shuffle:
+        return store_index.canonical
     return store_index.canonical[_permutation(len(store_index.row_ids), seed, epoch)]
 
 
@@ -152,7 +155,7 @@ def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, cloc
     if epoch is None:
         epoch = int(ray.get(clock.get.remote()))
     index = _index(store.index)
-    order = epoch_order(index, cfg.train.seed, epoch)
+    order = epoch_order(index, cfg.train.seed, epoch, cfg.data.shuffle)
     c = cfg.data.augment_batch_size
     positions = np.concatenate([order[j * c:(j + 1) * c] for j in np.asarray(batch["id"]).tolist()])
     images, keep = gather(store, index, positions, cfg.data.stored_size, cfg.data.center_square)

@@ -45,6 +45,7 @@ class DataConfig:
     image_size: int = 16  # side of each augmented view
     decode_size: int = 0  # shorter side images are decoded and cached at (0: image_size)
     center_square: bool = False  # file sources: keep only the centre square at decode (faster, less varied crops)
+    shuffle: bool = True  # a new order every epoch from (train.seed, epoch); false: row-id order (benchmarks only)
     image_column: str = "image"  # parquet: column of encoded image bytes
     label_column: str = "label"  # parquet: column of integer labels ("" when there are none)
     num_samples: int = 2048  # synthetic: number of images

@@ -51,8 +51,8 @@ def cifar10() -> Config:
 def imagenet() -> Config:
     """google-research/simclr's ImageNet ResNet-50 (1x) recipe: batch 4096, 100 epochs, tau 0.1."""
     return Config(
-        data=DataConfig(source="imagefolder", root="./imagenet/train", image_size=224, decode_size=256,
-                        holdout_fraction=0.0, augment_batch_size=64),
+        data=DataConfig(source="imagefolder", root="./imagenet/train", eval_root="./imagenet/val", image_size=224,
+                        decode_size=256, holdout_fraction=0.0, augment_batch_size=64),
         aug=AugConfig(strength=1.0, min_scale=0.08, blur_p=0.5),
         model=ModelConfig(arch="resnet50", cifar_stem=False, proj_hidden_dim=2048, proj_dim=128),
         loss=LossConfig(temperature=0.1),
