@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from orchestrator.cli import main
-from orchestrator.train_loop import STATE_FILE, build_model
+from orchestrator.train.worker import STATE_FILE, build_model
 from workloads.config import Config
 
 

@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from simclr_testing import RAY, tiny_sets
 
 from orchestrator.errors import UserError
-from orchestrator.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.train import COMPLETE_TAG, train
-from orchestrator.train_loop import build_model, load_state_file
+from orchestrator.evaluation.driver import evaluate_checkpoint
+from orchestrator.tracking.tags import COMPLETE_TAG
+from orchestrator.train.driver import train
+from orchestrator.train.worker import build_model, load_state_file
 from workloads.config import Config
 from workloads.method import normalize
 

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator import cli, tune
+from orchestrator.cli.tune import resolve_with_search
 from orchestrator.errors import UserError
-from orchestrator.tune_cli import resolve_with_search
 from workloads.config import Config, ConfigError, TrainConfig
 
 # --- search space -------------------------------------------------------------------------------------

@@ -23,9 +23,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from orchestrator import faults, tracking
-from orchestrator.evaluation import LabelledImages, evaluate
+from orchestrator import tracking
+from orchestrator.evaluation.monitor import LabelledImages, evaluate
 from orchestrator.secrets import redact
+from orchestrator.tracking.tags import RESTART_TAG_PREFIX
+from orchestrator.train import faults
 from workloads.config import Config
 from workloads.method import Net, normalize
 from workloads.methods import method
@@ -192,7 +194,7 @@ def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found:
         return
     try:
         client.log_metric(run_id, "restarts", n, step=n)
-        client.set_tag(run_id, f"simclr.restart.{n}", json.dumps(record, sort_keys=True))
+        client.set_tag(run_id, f"{RESTART_TAG_PREFIX}{n}", json.dumps(record, sort_keys=True))
         client.log_dict(run_id, record, f"restarts/restart_{n}.json")
     except Exception as err:  # the tracking server may be away; training goes on
         log(f"MLflow: could not record restart {n} ({redact(str(err))[:200]})")
@@ -295,7 +297,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
               autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16))
 
     for epoch in range(state.epoch + 1, last_epoch + 1):
-        if clock is not None:  # the stream's tasks draw this epoch's order and views (orchestrator.stream)
+        if clock is not None:  # the stream's tasks draw this epoch's order and views (orchestrator.data.stream)
             ray.get(clock.set.remote(epoch))
         model.train()
         loss_sum = torch.zeros((), device=device)

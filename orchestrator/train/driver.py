@@ -31,16 +31,18 @@ import yaml
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import console, mlflow_record, plots, sources, tracking
-from orchestrator.data import PreparedData, prepare
+from orchestrator import console, tracking
+from orchestrator.data import sources
+from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.stream import EpochClock, train_stream
 from orchestrator.errors import UserError
 from orchestrator.interrupt import StopFlag, run_interruptibly, sigterm_as_interrupt
 from orchestrator.secrets import redact, redact_values
-from orchestrator.stream import EpochClock, train_stream
-from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
+from orchestrator.tracking import plots
+from orchestrator.tracking import record as mlflow_record
+from orchestrator.tracking.tags import COMPLETE_TAG
+from orchestrator.train.worker import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
 from workloads.config import Config, TrainConfig
-
-COMPLETE_TAG = "simclr.complete"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -424,7 +426,7 @@ def _printer(flag: Any) -> Any:
 
 def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
     """The trained backbone (features before the head) as an MLflow PyTorch model of the run: it takes
-    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/mlflow_record.py)."""
+    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/tracking/record.py)."""
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
     mlflow_record.log_encoder_model(model.get_submodule("encoder").eval(), run_id, uri, cfg.data.image_size)

@@ -11,11 +11,11 @@ import torch
 
 from orchestrator import tracking
 from orchestrator.config_io import parse_assignment
-from orchestrator.data import prepare
+from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
-from orchestrator.evaluation import LabelledImages, evaluate
-from orchestrator.train import RayOptions, ray_session
-from orchestrator.train_loop import STATE_FILE, build_model, load_state_file
+from orchestrator.evaluation.monitor import LabelledImages, evaluate
+from orchestrator.train.driver import RayOptions, ray_session
+from orchestrator.train.worker import STATE_FILE, build_model, load_state_file
 from workloads.config import Config
 
 
