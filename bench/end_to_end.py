@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from orchestrator import tracking
 from orchestrator.data import sources
 from orchestrator.data.prepare import _resize_square, normalize
-from orchestrator.train.worker import build_model
+from orchestrator.train.model import build_model
 from workloads.config import Config
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.recipes import recipe

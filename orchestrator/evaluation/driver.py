@@ -14,8 +14,9 @@ from orchestrator.config_io import parse_assignment
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
 from orchestrator.evaluation.monitor import LabelledImages, evaluate
+from orchestrator.train.checkpoint import STATE_FILE, load_state_file
 from orchestrator.train.driver import RayOptions, ray_session
-from orchestrator.train.worker import STATE_FILE, build_model, load_state_file
+from orchestrator.train.model import build_model
 from workloads.config import Config
 
 

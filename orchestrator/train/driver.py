@@ -41,7 +41,11 @@ from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking import record as mlflow_record
 from orchestrator.tracking.tags import COMPLETE_TAG
-from orchestrator.train.worker import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
+from orchestrator.train.checkpoint import load_state_file
+from orchestrator.train.job import TrainJob
+from orchestrator.train.model import build_model
+from orchestrator.train.progress import NonFiniteLossError
+from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config, TrainConfig
 
 
@@ -352,11 +356,11 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "meta": {
-            "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
-            "num_classes": data.num_classes if "eval_bank" in datasets else 0,
-            "stop_flag": stop_flag, "epoch_clock": clock, "console": quiet,
-        }},
+        train_loop_config={"job": TrainJob(
+            config=cfg, run_id=run_id, tracking_uri=uri, steps_per_epoch=steps,
+            num_classes=data.num_classes if "eval_bank" in datasets else 0,
+            stop_flag=stop_flag, epoch_clock=clock, console=quiet,
+        )},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -2,7 +2,7 @@
 
 from orchestrator.tune.sweep import (
     Dimension,
-    SimclrASHA,
+    LastEpochASHA,
     SweepOutcome,
     SweepSpec,
     TrialSummary,
@@ -26,7 +26,7 @@ from orchestrator.tune.sweep import (
 
 __all__ = [
     "Dimension",
-    "SimclrASHA",
+    "LastEpochASHA",
     "SweepOutcome",
     "SweepSpec",
     "TrialSummary",

@@ -394,7 +394,7 @@ def make_trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
 
 
-class SimclrASHA(ASHAScheduler):
+class LastEpochASHA(ASHAScheduler):
     """ASHA on epochs that never stops a trial at its last epoch.
 
     Ray's ASHA stops every trial that reaches ``max_t``; here that would kill the trial while
@@ -420,7 +420,7 @@ def _trial_dirname(trial: Any) -> str:
 
 def build_scheduler(spec: SweepSpec) -> TrialScheduler:
     if spec.scheduler == "asha":
-        return SimclrASHA(spec.epochs, spec.grace_period, spec.reduction_factor)
+        return LastEpochASHA(spec.epochs, spec.grace_period, spec.reduction_factor)
     return FIFOScheduler()
 
 
