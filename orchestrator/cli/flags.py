@@ -48,6 +48,6 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ray_options(args: argparse.Namespace) -> Any:
-    from orchestrator.train.driver import RayOptions
+    from orchestrator.train.session import RayOptions
 
     return RayOptions(address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb)

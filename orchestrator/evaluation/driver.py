@@ -15,8 +15,8 @@ from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
 from orchestrator.evaluation.monitor import LabelledImages, evaluate
 from orchestrator.train.checkpoint import STATE_FILE, load_state_file
-from orchestrator.train.driver import RayOptions, ray_session
 from orchestrator.train.model import build_model
+from orchestrator.train.session import RayOptions, ray_session
 from workloads.config import Config
 
 

@@ -43,7 +43,8 @@ from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.tracking import plots
 from orchestrator.tracking.tags import BEST_TRIAL_TAG, KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG
-from orchestrator.train.driver import RayOptions, failure_message, ray_session, start_local_ray, storage_path, train
+from orchestrator.train.driver import failure_message, storage_path, train
+from orchestrator.train.session import RayOptions, ray_session, start_local_ray
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
 from workloads.methods import method
 
