@@ -43,9 +43,10 @@ import torch
 from common import emit_json, load_now, machine, median, say, table
 from torch.utils.data import DataLoader, Dataset
 
-from orchestrator import sources, tracking
-from orchestrator.data import _resize_square, normalize
-from orchestrator.train_loop import build_model
+from orchestrator import tracking
+from orchestrator.data import sources
+from orchestrator.data.prepare import _resize_square, normalize
+from orchestrator.train.model import build_model
 from workloads.config import Config
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.recipes import recipe

@@ -34,7 +34,7 @@ from typing import Any
 from common import emit_json, machine, say, table
 from torch import nn
 
-from orchestrator.train_loop import build_model
+from orchestrator.train.model import build_model
 from workloads.recipes import recipe
 
 FLOAT = 4  # bytes: float32 embeddings and gradients

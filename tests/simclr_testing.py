@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.train import RayOptions
+from orchestrator.train.session import RayOptions
 from workloads.config import Config
 
 # ~256 synthetic 16 px images, a 2-stage ResNet of widths 8/16: an epoch takes a few seconds.

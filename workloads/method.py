@@ -13,8 +13,12 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
 4. ``loss(net, batch, cfg)`` at every step: the scalar loss of one batch on the training device.
    ``net.forward`` is the gradient-carrying call through DDP and autocast; ``net.core`` the module
    itself (for MoCo's key encoder and queue); ``net.image`` turns a uint8 batch into model input.
-5. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
-6. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
+5. ``param_groups(model, cfg)``: the optimiser's parameter groups (default: weights decayed and
+   LARS-adapted, biases and norm parameters not; a method may set its own decay or lr per group).
+6. ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
+   freezing its prototypes' gradients for the first steps).
+7. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
+8. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
 
 Methods live in a plain dict, ``workloads.methods.METHODS``; there is no registry.
 """
@@ -30,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from workloads.config import Config
+from workloads.optim import param_groups
 from workloads.rng import RandomSource
 
 # A batch of decoded images: uint8 (N, 3, H, W), or whole images of different shapes, uint8 (3, H_i, W_i).
@@ -86,6 +91,15 @@ class Method:
 
     def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
         raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups over ``trainable(model)``; keys beyond ``params`` override the
+        optimiser's defaults per group (``weight_decay``, ``lr_scale``; ``lars_exclude`` for LARS)."""
+        return param_groups(self.trainable(model), cfg.optim.weight_decay)
+
+    def before_optimizer_step(self, model: nn.Module, step: int, cfg: Config) -> None:
+        """Called on every worker after backward (gradients all-reduced) and before gradient clipping and
+        the optimiser step; ``step`` is the step about to be taken, counting from 1."""
 
     def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:
         """Called on every worker after each optimiser step; ``step`` counts from 1."""

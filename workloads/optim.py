@@ -113,7 +113,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(
     name: str,
-    model: nn.Module,
+    model: nn.Module | list[dict[str, Any]],
     lr: float,
     weight_decay: float,
     momentum: float = 0.9,
@@ -121,8 +121,9 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
     """LARS, SGD (momentum) or AdamW over `param_groups(model, weight_decay)`: biases and norm parameters
-    get no weight decay in every optimiser, and no trust-ratio adaptation in LARS."""
-    groups = param_groups(model, weight_decay)
+    get no weight decay in every optimiser, and no trust-ratio adaptation in LARS. A list of groups (a
+    method's `param_groups`) is taken as it is."""
+    groups = param_groups(model, weight_decay) if isinstance(model, nn.Module) else model
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
     if name == "sgd":
@@ -158,9 +159,10 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write `lr` into every param group (called once per step with `warmup_cosine`)."""
+    """Write `lr` into every param group (called once per step with `warmup_cosine`), times the group's
+    `lr_scale` when a method's `param_groups` gave it one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str) -> float:

@@ -14,7 +14,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from orchestrator.jobs_cli import check_train_args
+from orchestrator.cli.jobs import check_train_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"

@@ -15,8 +15,8 @@ from cluster import jobs
 from cluster.jobs import Token, entrypoint, load_token, resolve_address, runtime_env
 from cluster.resources import missing
 from orchestrator import cli
+from orchestrator.cli.jobs import _rebase_config, check_train_args, split_args
 from orchestrator.errors import UserError
-from orchestrator.jobs_cli import _rebase_config, check_train_args, split_args
 from workloads.config import ConfigError
 
 

@@ -21,10 +21,10 @@ import ray
 import ray.data
 from PIL import Image
 
-from orchestrator import sources
-from orchestrator.data import PreparedData, balanced_order, prepare, stratified_holdout
+from orchestrator.data import sources
+from orchestrator.data.prepare import PreparedData, balanced_order, prepare, stratified_holdout
+from orchestrator.data.stream import RowStore
 from orchestrator.errors import BadImageError, UserError
-from orchestrator.stream import RowStore
 from workloads.config import DataConfig
 
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # class i is a solid image of COLOURS[i]

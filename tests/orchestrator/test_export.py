@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from orchestrator.cli import main
-from orchestrator.train_loop import STATE_FILE, build_model
+from orchestrator.train.checkpoint import STATE_FILE
+from orchestrator.train.model import build_model
 from workloads.config import Config
 
 

@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, tune
-from orchestrator.train_loop import STATE_FILE
+from orchestrator.train.checkpoint import STATE_FILE
 from workloads.methods import method
 
 # The methods. Inpainting, the baseline, shares MAE's single-view + mask path through Ray Data

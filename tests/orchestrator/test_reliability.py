@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from simclr_testing import tiny_sets
 
-from orchestrator.train_loop import STATE_FILE, CheckpointError, load_state_file
+from orchestrator.train.checkpoint import STATE_FILE, CheckpointError, load_state_file
 
 SECRET = "s3cr3t-Do-Not-Log-9f2"
 

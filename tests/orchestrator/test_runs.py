@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, tracking
-from orchestrator.runs_cli import server_command, sort_records
+from orchestrator.cli.runs import server_command, sort_records
 
 # name, parent, temperature, knn_top1, loss, status, extra tags
 RUNS: list[tuple[str, str, float, float, float, str, dict[str, str]]] = [

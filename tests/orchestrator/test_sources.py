@@ -1,4 +1,4 @@
-"""Tests for orchestrator.sources: every on-disk format read back from small files the test writes.
+"""Tests for orchestrator.data.sources: every on-disk format read back from small files the test writes.
 
 No Ray here. Each writer builds the files from the format's own description (CIFAR's channel
 planes, STL-10's column-major planes, MNIST's IDX header), not from the reader's transposes, so a
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator import sources
+from orchestrator.data import sources
 from orchestrator.errors import BadImageError, UserError
 
 RED = (255, 0, 0)

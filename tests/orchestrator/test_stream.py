@@ -19,9 +19,9 @@ import ray.data
 from photos import class_ordered_parquet, image_folder
 from PIL import Image
 
-from orchestrator import sources
-from orchestrator.data import prepare
-from orchestrator.stream import ROW_ID, EpochClock, RowStore, train_stream
+from orchestrator.data import sources
+from orchestrator.data.prepare import prepare
+from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, train_stream
 from workloads.config import Config
 
 CLASSES, PER_CLASS, BATCH = 10, 100, 64

@@ -16,9 +16,11 @@ from mlflow.tracking import MlflowClient
 from simclr_testing import RAY, tiny_sets
 
 from orchestrator.errors import UserError
-from orchestrator.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.train import COMPLETE_TAG, train
-from orchestrator.train_loop import build_model, load_state_file
+from orchestrator.evaluation.driver import evaluate_checkpoint
+from orchestrator.tracking.tags import COMPLETE_TAG
+from orchestrator.train.checkpoint import load_state_file
+from orchestrator.train.driver import train
+from orchestrator.train.model import build_model
 from workloads.config import Config
 from workloads.method import normalize
 

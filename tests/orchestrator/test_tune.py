@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator import cli, tune
+from orchestrator.cli.tune import resolve_with_search
 from orchestrator.errors import UserError
-from orchestrator.tune_cli import resolve_with_search
 from workloads.config import Config, ConfigError, TrainConfig
 
 # --- search space -------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_trials_that_cannot_fit_are_refused_up_front(train: TrainConfig, cpus: f
 
 
 def test_asha_stops_a_weak_trial_at_a_rung_but_never_at_its_last_epoch() -> None:
-    sched = tune.SimclrASHA(max_t=4, grace_period=1, reduction_factor=2)
+    sched = tune.LastEpochASHA(max_t=4, grace_period=1, reduction_factor=2)
     sched.set_search_properties("loss", "min")
     controller: Any = None
     good, weak, late = (SimpleNamespace(trial_id=i) for i in ("a", "b", "c"))

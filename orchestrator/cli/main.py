@@ -8,52 +8,20 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
+from orchestrator.cli.flags import EXIT_USER_ERROR, Parser, config_flags, config_overrides, ray_flags, ray_options
 from orchestrator.errors import UserError
 from orchestrator.secrets import redact, redact_values
 from workloads.config import ConfigError
-from workloads.methods import METHODS
 
-EXIT_USER_ERROR = 2
-COMMAND_MODULES: tuple[str, ...] = ("orchestrator.jobs_cli", "orchestrator.tune_cli", "orchestrator.runs_cli",
-                                     "orchestrator.export")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own usage errors: one line, exit 2
-        self.exit(EXIT_USER_ERROR, f"simclr: error: {message} (see {self.prog} --help)\n")
-
-
-def config_flags(p: argparse.ArgumentParser) -> None:
-    recipes = {name: None for m in METHODS.values() for name in m.recipes}  # ordered union
-    p.add_argument("--method", default="", choices=[*METHODS, ""], metavar="NAME",
-                   help=f"self-supervised method: {', '.join(METHODS)} (default: simclr, or the YAML's method:)")
-    p.add_argument("--recipe", default="", choices=[*recipes, ""], metavar="NAME",
-                   help=f"the method's named recipe to start from: {', '.join(recipes)} "
-                        f"(default: digits, or the YAML's recipe:)")
-    p.add_argument("--config", default="", metavar="FILE", help="YAML file of config sections (see README)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set loss.temperature=0.2 (repeatable)")
-    p.add_argument("--workers", type=int, default=None, help="train workers (train.workers)")
-    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (train.use_gpu)")
-    p.add_argument("--epochs", type=int, default=None, help="train.epochs")
-    p.add_argument("--name", default=None, help="run name (train.name); the same name resumes the run")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)")
-
-
-def ray_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default="", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray (default: all cores)")
-    p.add_argument("--object-store-mb", type=int, default=0,
-                   help="object store of the local Ray in MiB (default: 30%% of RAM, at most 4096)")
-    p.add_argument("--json", action="store_true", help="print only one JSON object on stdout at the end")
+COMMAND_MODULES: tuple[str, ...] = ("orchestrator.cli.jobs", "orchestrator.cli.tune", "orchestrator.cli.runs",
+                                     "orchestrator.cli.export")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="simclr", description="SimCLR pretraining on Ray, tracked in MLflow.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="simclr", description="SimCLR pretraining on Ray, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="pretrain one model (Ray Data -> Ray Train DDP -> MLflow)")
     config_flags(p)
@@ -77,18 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {"train.workers": args.workers, "train.use_gpu": args.use_gpu, "train.epochs": args.epochs,
-             "train.name": args.name, "tracking.uri": args.tracking_uri}
-    return {k: v for k, v in flags.items() if v is not None}
-
-
-def ray_options(args: argparse.Namespace) -> Any:
-    from orchestrator.train import RayOptions
-
-    return RayOptions(address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb)
-
-
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator.config_io import resolve
 
@@ -99,7 +55,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 
         print(yaml.safe_dump(redact_values(cfg.to_dict()), sort_keys=False), end="", file=out)
         return 0
-    from orchestrator.train import train
+    from orchestrator.train.driver import train
 
     outcome = train(cfg, ray_options(args), quiet=not args.verbose)
     if args.json:
@@ -117,7 +73,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from orchestrator.evaluate_checkpoint import evaluate_checkpoint
+    from orchestrator.evaluation.driver import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args))
     if args.json:
@@ -163,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
             raise  # a bug: keep the traceback
-        from orchestrator.train import failure_message
+        from orchestrator.train.driver import failure_message
 
         print(f"simclr: training failed: {redact(failure_message(err))} (worker logs above)", file=sys.stderr)
         return 1
@@ -171,6 +127,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simclr: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return exit_code()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

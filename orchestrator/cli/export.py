@@ -58,7 +58,7 @@ def torchvision_state_dict(payload: dict[str, Any]) -> tuple[str, dict[str, Any]
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
-    from orchestrator.train_loop import CheckpointError, load_state_file
+    from orchestrator.train.checkpoint import CheckpointError, load_state_file
 
     if not os.path.isdir(args.checkpoint):
         raise UserError(f"checkpoint: no such folder {args.checkpoint}")

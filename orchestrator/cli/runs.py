@@ -17,10 +17,8 @@ from urllib.parse import urlparse
 
 from orchestrator import tracking
 from orchestrator.errors import UserError
+from orchestrator.tracking.tags import KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG
 
-SWEEP_TAG = "simclr.sweep"
-KIND_TAG = "simclr.kind"
-STOPPED_EARLY_TAG = "simclr.stopped_early"
 KEY_PARAMS = ("loss.temperature", "aug.strength", "aug.min_scale", "optim.lr", "train.batch_size", "train.epochs")
 KEY_METRICS = ("knn_top1", "linear_probe_top1", "loss", "epoch")
 MAX_RUNS = 1000
@@ -76,7 +74,7 @@ def _search(client: Any, exp_id: str, query: str) -> list[Any]:
 
 
 def _sweep_parent(client: Any, exp_id: str, name: str) -> Any:
-    query = f"tags.`{KIND_TAG}` = 'sweep' and tags.`{tracking.RUN_NAME_TAG}` = '{name}'"
+    query = f"tags.`{KIND_TAG}` = 'sweep' and tags.`{RUN_NAME_TAG}` = '{name}'"
     runs = _search(client, exp_id, query)
     if not runs:
         raise UserError(f"--sweep: no sweep named {name!r} in this experiment")

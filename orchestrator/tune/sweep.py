@@ -38,11 +38,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from orchestrator import plots, tracking
+from orchestrator import tracking
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
-from orchestrator.runs_cli import KIND_TAG, STOPPED_EARLY_TAG, SWEEP_TAG
-from orchestrator.train import RayOptions, failure_message, ray_session, start_local_ray, storage_path, train
+from orchestrator.tracking import plots
+from orchestrator.tracking.tags import BEST_TRIAL_TAG, KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.train.driver import failure_message, storage_path, train
+from orchestrator.train.session import RayOptions, ray_session, start_local_ray
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
 from workloads.methods import method
 
@@ -50,8 +52,6 @@ SPEC_FILE = "simclr_sweep.json"  # in the Tune experiment folder: what --resume 
 BASE_CONFIG_FILE = "base_config.yaml"  # beside it: the config every trial starts from, for `simclr train --config`
 TRIAL_CPU = 0.1  # the function trainable's own reservation (Tune refuses 0)
 MIN_CPUS_PER_WORKER = 0.1
-TRIAL_TAG = "simclr.trial_id"
-BEST_TRIAL_TAG = "simclr.best_trial"  # run name of the best trial, on the parent
 # Fields the sweep owns or needs fixed across trials (resources, ASHA's max_t, where runs go).
 FIXED_KEYS = ("train.name", "train.storage_path", "train.workers", "train.cpus_per_worker", "train.use_gpu",
               "train.epochs", "tracking.uri", "tracking.experiment")
@@ -395,7 +395,7 @@ def make_trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
 
 
-class SimclrASHA(ASHAScheduler):
+class LastEpochASHA(ASHAScheduler):
     """ASHA on epochs that never stops a trial at its last epoch.
 
     Ray's ASHA stops every trial that reaches ``max_t``; here that would kill the trial while
@@ -421,7 +421,7 @@ def _trial_dirname(trial: Any) -> str:
 
 def build_scheduler(spec: SweepSpec) -> TrialScheduler:
     if spec.scheduler == "asha":
-        return SimclrASHA(spec.epochs, spec.grace_period, spec.reduction_factor)
+        return LastEpochASHA(spec.epochs, spec.grace_period, spec.reduction_factor)
     return FIFOScheduler()
 
 
@@ -783,7 +783,7 @@ def _fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None
     """Match trials to child runs by name; end the ones Tune's kill left RUNNING; tag stopped trials."""
     by_name: dict[str, list[Any]] = {}
     for run in child_runs(client, spec):
-        by_name.setdefault(run.data.tags.get(tracking.RUN_NAME_TAG, run.info.run_name), []).append(run)
+        by_name.setdefault(run.data.tags.get(RUN_NAME_TAG, run.info.run_name), []).append(run)
     for trial in outcome.trials:
         runs = sorted(by_name.pop(trial.run_name, []), key=lambda r: r.info.start_time)
         if not runs:

@@ -11,13 +11,11 @@ import json
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,29 +29,27 @@ import yaml
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import console, mlflow_record, plots, sources, tracking
-from orchestrator.data import PreparedData, prepare
+from orchestrator import console, tracking
+from orchestrator.data import sources
+from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.stream import EpochClock, train_stream
 from orchestrator.errors import UserError
-from orchestrator.interrupt import StopFlag, run_interruptibly, sigterm_as_interrupt
+from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
-from orchestrator.stream import EpochClock, train_stream
-from orchestrator.train_loop import NonFiniteLossError, build_model, load_state_file, train_loop_per_worker
-from workloads.config import Config, TrainConfig
-
-COMPLETE_TAG = "simclr.complete"
+from orchestrator.tracking import plots
+from orchestrator.tracking import record as mlflow_record
+from orchestrator.tracking.tags import COMPLETE_TAG
+from orchestrator.train.checkpoint import load_state_file
+from orchestrator.train.job import TrainJob
+from orchestrator.train.model import build_model
+from orchestrator.train.progress import NonFiniteLossError
+from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
+from orchestrator.train.worker import train_loop_per_worker
+from workloads.config import Config
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C: the workers saved a checkpoint and stopped; the run can be resumed by name."""
-
-
-@dataclass
-class RayOptions:
-    """How to reach Ray: an address, or a local Ray this process starts (and stops)."""
-
-    address: str = ""  # "" -> $RAY_ADDRESS, else a new local Ray
-    num_cpus: int = 0  # local Ray: 0 -> every core
-    object_store_mb: int = 0  # local Ray: 0 -> min(30% of RAM, 4 GiB)
 
 
 @dataclass
@@ -68,88 +64,6 @@ class TrainOutcome:
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "tracking_uri": redact(self.tracking_uri)}, sort_keys=True)
-
-
-@contextmanager
-def ray_session(opts: RayOptions, dashboard: bool = True) -> Iterator[None]:
-    """Use the Ray this process is connected to, else connect to the address, else start a local one
-    (with its dashboard: Train V2's placement-group cleaner needs its State API, see start_local_ray);
-    shut down only what this call started. SIGTERM stays a clean stop (ray.init sets its own handler)."""
-    if ray.is_initialized():
-        yield
-        return
-    address = opts.address or os.environ.get("RAY_ADDRESS", "")
-    try:
-        if address:
-            # host:port: tell this job's workers too, for the State API lookup of start_local_ray
-            direct = address not in ("auto", "local") and "://" not in address
-            ray.init(address=address, log_to_driver=True,
-                     runtime_env={"env_vars": {"RAY_ADDRESS": address}} if direct else None)
-        else:
-            start_local_ray(opts.num_cpus, opts.object_store_mb, dashboard)
-    except ConnectionError as err:
-        raise UserError(f"--address: no Ray cluster answers at {address}: {err}") from err
-    sigterm_as_interrupt()
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def start_local_ray(num_cpus: int = 0, object_store_mb: int = 0, dashboard: bool = False) -> None:
-    """A local Ray of ``num_cpus`` (0: every core); the object store 30% of RAM, at most 4 GiB, unless set.
-
-    With ``dashboard``, its workers also learn where its State API is: Train V2's PlacementGroupCleaner
-    asks it whether a trial's TorchTrainer controller died and then frees the placement group; without
-    it every trial ASHA stops keeps its CPUs and the next trial waits forever (ENVIRONMENT.md), and
-    every training prints "Failed to query Ray Train Controller actor state" every few seconds. The
-    cleaner looks the API up from inside a worker, and with several Ray instances on one machine that
-    lookup fails ("Found multiple active Ray instances"), so the runtime_env names the dashboard's
-    address (RAY_API_SERVER_ADDRESS).
-    """
-    mem = object_store_mb * 2**20 or min(int(0.3 * _total_memory()), 4 * 2**30)
-    extra: dict[str, Any] = {"include_dashboard": False}
-    if dashboard:
-        port = _free_port()
-        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-                 "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=mem, log_to_driver=True,
-             **extra)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _total_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
-    """CPUs each train worker reserves, leaving the rest to Ray Data's decode and augmentation tasks.
-
-    A worker per CPU would starve Ray Data and hang (ENVIRONMENT.md: "Cluster resources are not enough
-    to run any task from TaskPoolMapOperator"); so a quarter of the CPUs (at least one, at most half)
-    stay free for data.
-    """
-    w = train.workers
-    if train.use_gpu and gpus < w:
-        raise UserError(f"train.workers={w} with --use-gpu needs {w} GPUs; the cluster has {gpus:g}. "
-                        f"Lower train.workers or add GPU nodes")
-    if not train.use_gpu and w > cpus:
-        raise UserError(f"train.workers={w} is more than the cluster's {cpus:g} CPUs; lower train.workers")
-    reserve = min(max(1.0, 0.25 * cpus), cpus / 2)
-    if train.cpus_per_worker:
-        if train.cpus_per_worker * w > cpus - reserve + 1e-9:
-            raise UserError(
-                f"train.cpus_per_worker={train.cpus_per_worker:g} x {w} workers leaves less than {reserve:g} of the "
-                f"cluster's {cpus:g} CPUs for Ray Data; lower it (0 derives it)")
-        return train.cpus_per_worker
-    share = (cpus - reserve) / w
-    return min(share, 8.0) if train.use_gpu else share
 
 
 def generated_name(cfg: Config) -> str:
@@ -321,23 +235,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     on_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     clock = EpochClock.options(scheduling_strategy=on_driver).remote()  # type: ignore[attr-defined]
     train_ds = train_stream(data.train, cfg, clock)
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = os.path.join(tmp, "config.yaml")
-        with open(config_path, "w") as f:
-            yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
-        client.log_artifact(run_id, config_path)
-        sample = train_ds.take_batch(16, batch_format="numpy")
-        grid = os.path.join(tmp, "augmented_views.png")
-        second = torch.as_tensor(sample["view1"].copy()) if "view1" in sample else None
-        plots.views_grid(torch.as_tensor(sample["view0"].copy()), second, grid)
-        client.log_artifact(run_id, grid, "plots")
-    # facts of the data as read (the config's own fields are under data.*)
-    tracking.log_params(client, run_id, {"dataset.num_train": data.num_train, "dataset.num_classes": data.num_classes,
-                                         "dataset.bad_images_skipped": data.bad_images,
-                                         "dataset.steps_per_epoch": steps})
-    if data.bad_images > 0:
-        client.log_metric(run_id, "bad_images_skipped", data.bad_images)
-    mlflow_record.log_dataset(client, run_id, cfg, data.num_train, data.num_classes)
+    _log_inputs(cfg, data, steps, train_ds, client, run_id)
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
@@ -350,11 +248,11 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "meta": {
-            "run_id": run_id, "tracking_uri": uri, "steps_per_epoch": steps,
-            "num_classes": data.num_classes if "eval_bank" in datasets else 0,
-            "stop_flag": stop_flag, "epoch_clock": clock, "console": quiet,
-        }},
+        train_loop_config={"job": TrainJob(
+            config=cfg, run_id=run_id, tracking_uri=uri, steps_per_epoch=steps,
+            num_classes=data.num_classes if "eval_bank" in datasets else 0,
+            stop_flag=stop_flag, epoch_clock=clock, console=quiet,
+        )},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -396,6 +294,27 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
 
 
+def _log_inputs(cfg: Config, data: PreparedData, steps: int, train_ds: Any, client: Any, run_id: str) -> None:
+    """What goes into the run, before it trains: the config, a grid of augmented views, the dataset."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = os.path.join(tmp, "config.yaml")
+        with open(config_path, "w") as f:
+            yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
+        client.log_artifact(run_id, config_path)
+        sample = train_ds.take_batch(16, batch_format="numpy")
+        grid = os.path.join(tmp, "augmented_views.png")
+        second = torch.as_tensor(sample["view1"].copy()) if "view1" in sample else None
+        plots.views_grid(torch.as_tensor(sample["view0"].copy()), second, grid)
+        client.log_artifact(run_id, grid, "plots")
+    # facts of the data as read (the config's own fields are under data.*)
+    tracking.log_params(client, run_id, {"dataset.num_train": data.num_train, "dataset.num_classes": data.num_classes,
+                                         "dataset.bad_images_skipped": data.bad_images,
+                                         "dataset.steps_per_epoch": steps})
+    if data.bad_images > 0:
+        client.log_metric(run_id, "bad_images_skipped", data.bad_images)
+    mlflow_record.log_dataset(client, run_id, cfg, data.num_train, data.num_classes)
+
+
 def _forwarded_env() -> dict[str, str]:
     """Settings of the driver's environment that rank 0's MLflow system-metrics monitor reads."""
     return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_SYSTEM_METRICS_")}
@@ -424,7 +343,7 @@ def _printer(flag: Any) -> Any:
 
 def log_encoder(payload: dict[str, Any], run_id: str, uri: str, cfg: Config) -> None:
     """The trained backbone (features before the head) as an MLflow PyTorch model of the run: it takes
-    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/mlflow_record.py)."""
+    uint8 images (B, 3, H, W) and normalises them itself (orchestrator/tracking/record.py)."""
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
     mlflow_record.log_encoder_model(model.get_submodule("encoder").eval(), run_id, uri, cfg.data.image_size)

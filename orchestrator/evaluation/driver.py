@@ -11,11 +11,12 @@ import torch
 
 from orchestrator import tracking
 from orchestrator.config_io import parse_assignment
-from orchestrator.data import prepare
+from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
-from orchestrator.evaluation import LabelledImages, evaluate
-from orchestrator.train import RayOptions, ray_session
-from orchestrator.train_loop import STATE_FILE, build_model, load_state_file
+from orchestrator.evaluation.monitor import LabelledImages, evaluate
+from orchestrator.train.checkpoint import STATE_FILE, load_state_file
+from orchestrator.train.model import build_model
+from orchestrator.train.session import RayOptions, ray_session
 from workloads.config import Config
 
 

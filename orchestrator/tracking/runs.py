@@ -19,11 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import UserError
 from orchestrator.secrets import redact
+from orchestrator.tracking.tags import EXPERIMENT_KIND_TAG, RUN_NAME_TAG
 
-RUN_NAME_TAG = "simclr.run_name"
 EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
 MAX_PARAM_LEN = 6000
-KIND_TAG = "mlflow.experimentKind"  # "custom_model_development": the UI opens on training runs, not traces
 
 
 def resolve_uri(uri: str = "") -> str:
@@ -59,8 +58,8 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
             exp_id = str(client.create_experiment(name, artifact_location=artifact_location(uri)))
         else:
             exp_id = str(exp.experiment_id)
-        if exp is None or KIND_TAG not in exp.tags:
-            client.set_experiment_tag(exp_id, KIND_TAG, "custom_model_development")
+        if exp is None or EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "custom_model_development")
         return exp_id
     except Exception as err:  # MlflowException, connection errors, sqlite errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -14,8 +14,8 @@ import numpy as np
 import ray.data
 import torch
 
-from orchestrator import plots
-from orchestrator.data import normalize, to_tensor_images
+from orchestrator.data.prepare import normalize, to_tensor_images
+from orchestrator.tracking import plots
 from workloads.config import EvalConfig
 from workloads.evaluate import embed_2d, knn_accuracy, linear_probe
 

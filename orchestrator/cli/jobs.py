@@ -92,10 +92,10 @@ def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float], list
     job's working directory), the resources the run needs ({"GPU": workers} or {"CPU": workers}),
     and notes for the user.
     """
-    from orchestrator.cli import _Parser, config_flags, config_overrides, ray_flags
+    from orchestrator.cli.flags import Parser, config_flags, config_overrides, ray_flags
     from orchestrator.config_io import resolve
 
-    p = _Parser(prog="simclr submit train")
+    p = Parser(prog="simclr submit train")
     config_flags(p)
     ray_flags(p)
     ns = p.parse_args(rest)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from orchestrator.cli import config_flags, config_overrides, ray_flags, ray_options
+from orchestrator.cli.flags import config_flags, config_overrides, ray_flags, ray_options
 from orchestrator.config_io import load_yaml, resolve
 from workloads.config import Config
 
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
 def resolve_with_search(recipe_name: str, config_path: str, sets: Sequence[str],
                         extra: dict[str, Any], method_name: str = "") -> tuple[Config, list[str]]:
     """``config_io.resolve`` for a file that may also hold a ``search:`` section (not part of Config)."""
-    from orchestrator.tune import search_from_yaml
+    from orchestrator.tune.sweep import search_from_yaml
 
     file_data = load_yaml(config_path) if config_path else {}
     search = search_from_yaml(file_data.pop("search", None))
@@ -55,7 +55,7 @@ def resolve_with_search(recipe_name: str, config_path: str, sets: Sequence[str],
 
 def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import tune
-    from orchestrator.train import storage_path
+    from orchestrator.train.driver import storage_path
 
     cfg, file_search = resolve_with_search(args.recipe, args.config, args.set, config_overrides(args),
                                             args.method)

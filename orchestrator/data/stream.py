@@ -34,7 +34,7 @@ import ray
 import ray.data
 import torch
 
-from orchestrator import sources
+from orchestrator.data import sources
 from workloads.config import Config
 from workloads.method import Images
 from workloads.methods import method

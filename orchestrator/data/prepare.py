@@ -4,7 +4,7 @@ The decoded images are materialised in the object store when they fit (half of i
 pays only for augmentation; otherwise image files are read and decoded again in each epoch's tasks
 (Parquet keeps its encoded bytes in the store). Decoding keeps the whole image, aspect ratio and
 all (``data.center_square`` keeps only the centre square), so crops are drawn from all of it. The
-per-epoch order and the views are ``orchestrator.stream``'s. The labelled evaluation sets (the kNN
+per-epoch order and the views are ``orchestrator.data.stream``'s. The labelled evaluation sets (the kNN
 bank and its queries) are class-balanced samples, decoded to centre squares, handed whole to every
 train worker; only rank 0 reads them.
 """
@@ -27,9 +27,9 @@ import torch
 from ray.data.extensions import ArrowTensorArray
 from ray.exceptions import RayError
 
-from orchestrator import sources
+from orchestrator.data import sources
 from orchestrator.errors import BadImageError, UserError
-from orchestrator.stream import RowStore
+from orchestrator.data.stream import RowStore
 from workloads.config import DataConfig
 from workloads.method import MEAN, STD, normalize
 

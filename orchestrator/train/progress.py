@@ -1,0 +1,119 @@
+"""What a train worker tells the driver and MLflow: progress lines, restarts, metric flushes, and the
+driver's stop flag and fatal errors (the StopFlag actor of orchestrator/interrupt.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import ray
+
+from orchestrator import tracking
+from orchestrator.secrets import redact
+from orchestrator.tracking.tags import RESTART_TAG_PREFIX
+from orchestrator.train.checkpoint import TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+_console: Any = None  # the driver's StopFlag actor when the driver prints our lines (set once per worker)
+
+
+def log(msg: str, transient: bool = False) -> None:
+    """A progress line on stderr (stdout stays clean for --json). Written directly: Ray Train patches
+    ``print`` on workers to go through the root logger, which shows each line twice. With a quiet
+    console the line also goes to the driver, which shows it (``transient``: steps within an epoch,
+    on a terminal only) while Ray's forwarded output goes to the run's log file."""
+    line = redact(msg)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if _console is not None:
+        _console.say.remote(("~" if transient else "") + line)
+
+
+def set_console(flag: Any) -> None:
+    global _console
+    _console = flag
+
+
+def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found: str) -> None:
+    """Rank 0, once per worker group: a second or later attempt within one fit() is a restart after a
+    lost worker process or node. Record it on the MLflow run: the ``restarts`` metric (its count) and a
+    ``simclr.restart.N`` tag plus ``restarts/restart_N.json`` (time, cause, epochs and steps lost)."""
+    if flag is None:
+        return
+    attempt, previous = ray.get(flag.attempt_started.remote(), timeout=60)
+    if attempt < 2:
+        return
+    n = attempt - 1
+    reached = int(previous.get("global_step", state.global_step))
+    record = {
+        "restart": n,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cause": _restart_cause(previous.get("time", 0.0)),
+        "resumed_after_epoch": state.epoch,
+        "resumed_from": found or "the start (no checkpoint yet)",
+        "epoch_in_progress": int(previous.get("epoch", state.epoch + 1)),
+        "steps_lost": max(0, reached - state.global_step),
+    }
+    log(f"restart {n}: {record['cause']}; resumed after epoch {state.epoch}, {record['steps_lost']} steps lost")
+    if client is None:
+        return
+    try:
+        client.log_metric(run_id, "restarts", n, step=n)
+        client.set_tag(run_id, f"{RESTART_TAG_PREFIX}{n}", json.dumps(record, sort_keys=True))
+        client.log_dict(run_id, record, f"restarts/restart_{n}.json")
+    except Exception as err:  # the tracking server may be away; training goes on
+        log(f"MLflow: could not record restart {n} ({redact(str(err))[:200]})")
+
+
+def _restart_cause(since: float) -> str:
+    """A node that died since the last progress report means a lost node, else a lost worker process."""
+    try:
+        dead = [n for n in ray.nodes() if not n.get("Alive", True)]
+    except Exception:
+        dead = []
+    if dead:
+        ips = ", ".join(sorted({str(n.get("NodeManagerAddress", "?")) for n in dead}))
+        return f"node lost ({ips}); Ray Train restarted the worker group"
+    return "a train worker process was lost; Ray Train restarted the worker group"
+
+
+def check_fatal(flag: Any) -> None:
+    """A restarted attempt after a non-finite loss fails at once: retrying cannot help."""
+    if flag is not None:
+        message = ray.get(flag.fatal_error.remote(), timeout=60)
+        if message:
+            raise NonFiniteLossError(message)
+
+
+def flag_set(flag: Any) -> bool:
+    """Whether the driver asked for a stop (Ctrl-C, SIGTERM)."""
+    try:
+        return bool(ray.get(flag.is_set.remote(), timeout=30))
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False  # the driver is gone or unreachable: nobody can ask for a stop
+
+
+def flush(client: Any, run_id: str, state: TrainState) -> None:
+    """Send checkpointed epochs MLflow lacks. When the server is away, training goes on: the records
+    stay in the checkpoint and are re-sent at the next checkpoint (and by the driver at the end)."""
+    try:
+        tracking.log_history(client, run_id, state.history)
+        tracking.log_history(client, run_id, state.step_history, step_key="global_step")
+    except Exception as err:  # MlflowException, connection errors: never stop training for metrics
+        log(f"MLflow unreachable ({redact(str(err)).splitlines()[0][:200]}); "
+            f"epochs up to {state.epoch} are kept in the checkpoint and re-sent later")
+
+
+def log_artifacts(client: Any, run_id: str, files: list[str], folder: str) -> None:
+    """Rank 0's pictures; a tracking server that is away costs the pictures, never the training."""
+    for file in files:
+        try:
+            client.log_artifact(run_id, file, folder)
+        except Exception as err:
+            log(f"MLflow: could not log {file.rsplit('/', 1)[-1]} ({redact(str(err))[:200]})")
