@@ -3,7 +3,7 @@
 A class-sorted ImageFolder of JPEG photographs (crops of scikit-learn's two sample photos at several
 aspect ratios, tests/photos.py) is prepared as `simclr train` prepares it (decoded once at
 `data.decode_size`, cached in the object store), then the stream the trainer iterates
-(`orchestrator.stream.train_stream`: gather the epoch's rows, two views with the imagenet recipe's
+(`orchestrator.data.stream.train_stream`: gather the epoch's rows, two views with the imagenet recipe's
 augmentation, 224 px, blur on) is read by one consumer in 64-image batches, on a local Ray of
 `--cores` CPUs. Figures are images/s of views, the median over epochs 2..E (epoch 1 pays the Ray
 workers' start-up).
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import image_folder
 
 from orchestrator.data import prepare
-from orchestrator.stream import EpochClock, RowStore, train_stream
+from orchestrator.data.stream import EpochClock, RowStore, train_stream
 from workloads.config import Config
 from workloads.recipes import recipe
 

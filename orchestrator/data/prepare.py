@@ -28,8 +28,8 @@ from ray.data.extensions import ArrowTensorArray
 from ray.exceptions import RayError
 
 from orchestrator.data import sources
-from orchestrator.errors import BadImageError, UserError
 from orchestrator.data.stream import RowStore
+from orchestrator.errors import BadImageError, UserError
 from workloads.config import DataConfig
 from workloads.method import MEAN, STD, normalize
 
