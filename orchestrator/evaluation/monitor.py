@@ -17,7 +17,7 @@ import torch
 from orchestrator.data.prepare import normalize, to_tensor_images
 from orchestrator.tracking import plots
 from workloads.config import EvalConfig
-from workloads.evaluate import embed_2d, knn_accuracy, linear_probe
+from workloads.probes import embed_2d, knn_accuracy, linear_probe
 
 
 @dataclass

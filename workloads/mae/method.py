@@ -21,9 +21,9 @@ from workloads.mae.masks import block_mask, mask_pixels, patchify, random_patch_
 from workloads.mae.model import build_inpaint_model, build_mae_model
 from workloads.mae.pictures import reconstruction_grid
 from workloads.method import Images, Method, Net, denormalize, normalize
-from workloads.recipes import cifar10, digits
 from workloads.rng import RandomSource
 from workloads.simclr.method import make_augment
+from workloads.simclr.recipes import cifar10, digits
 
 MAX_PICTURES = 8
 MASKED_GREY = 128  # how hidden pixels are drawn in the "masked" row

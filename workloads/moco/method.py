@@ -12,13 +12,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from workloads import recipes as simclr_recipes
 from workloads.config import Config, ConfigError
 from workloads.encoders import build_encoder
 from workloads.method import Images, Method, Net
 from workloads.moco.loss import info_nce
 from workloads.moco.model import MoCoModel, mlp_head
 from workloads.rng import RandomSource
+from workloads.simclr import recipes as simclr_recipes
 from workloads.simclr.method import two_views
 
 

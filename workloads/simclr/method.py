@@ -7,11 +7,11 @@ from torch import Tensor, nn
 
 from workloads.config import AugConfig, Config
 from workloads.method import Images, Method, Net
-from workloads.recipes import RECIPES
 from workloads.rng import RandomSource
 from workloads.simclr.augment import SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
+from workloads.simclr.recipes import RECIPES
 
 
 def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:

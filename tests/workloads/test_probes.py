@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from workloads.evaluate import embed_2d, knn_accuracy, knn_predict, linear_probe
+from workloads.probes import embed_2d, knn_accuracy, knn_predict, linear_probe
 
 NUM_CLASSES, DIM = 5, 32
 
