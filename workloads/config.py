@@ -1,5 +1,11 @@
 """Typed configuration: one dataclass per concern, validated on construction.
 
+This module holds the sections every method reads (data, model, optim, train, eval, tracking) and names
+no method: each method folder declares its own sections (``aug`` in workloads/views.py, ``loss`` in
+workloads/contrastive.py, ``moco``, ``mae``), and ``Config`` composes those of the registered methods
+(workloads/registry.py) under their names, so ``cfg.moco.queue_size`` and ``--set moco.queue_size=...``
+read as the shared ones do.
+
 Dicts exist only at the boundaries (YAML, ``--set``, Ray's ``train_loop_config``, MLflow params);
 ``Config.from_dict`` turns a dict back into the typed tree and rejects unknown keys and bad values
 with an error that names the dotted field and the allowed range (torchtitan-style).
@@ -11,20 +17,20 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from workloads import registry
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the fix."""
 
 
-def _check(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
+def check(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{section}.{name} must be {rule}; got {value!r}")
 
-
-METHOD_NAMES = ("simclr", "moco", "mae", "inpaint")  # the keys of workloads.methods.METHODS
 
 DATA_SOURCES = (
     "digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist",
@@ -62,24 +68,24 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         s = self.section
-        _check(self.source in DATA_SOURCES, s, "source", f"one of {', '.join(DATA_SOURCES)}", self.source)
-        _check(self.image_size >= 4, s, "image_size", ">= 4", self.image_size)
-        _check(self.decode_size == 0 or self.decode_size >= 4, s, "decode_size", "0 or >= 4", self.decode_size)
-        _check(self.num_samples >= 2, s, "num_samples", ">= 2", self.num_samples)
-        _check(self.num_classes >= 1, s, "num_classes", ">= 1", self.num_classes)
-        _check(0.0 <= self.holdout_fraction < 1.0, s, "holdout_fraction", "in [0, 1)", self.holdout_fraction)
-        _check(self.bad_images in ("skip", "fail"), s, "bad_images", "'skip' or 'fail'", self.bad_images)
-        _check(self.augment_batch_size >= 1, s, "augment_batch_size", ">= 1", self.augment_batch_size)
-        _check(self.augment_workers >= 0, s, "augment_workers", ">= 0", self.augment_workers)
-        _check(self.prefetch_batches >= 0, s, "prefetch_batches", ">= 0", self.prefetch_batches)
-        _check(self.eval_bank_size >= 1, s, "eval_bank_size", ">= 1", self.eval_bank_size)
-        _check(self.eval_test_size >= 1, s, "eval_test_size", ">= 1", self.eval_test_size)
+        check(self.source in DATA_SOURCES, s, "source", f"one of {', '.join(DATA_SOURCES)}", self.source)
+        check(self.image_size >= 4, s, "image_size", ">= 4", self.image_size)
+        check(self.decode_size == 0 or self.decode_size >= 4, s, "decode_size", "0 or >= 4", self.decode_size)
+        check(self.num_samples >= 2, s, "num_samples", ">= 2", self.num_samples)
+        check(self.num_classes >= 1, s, "num_classes", ">= 1", self.num_classes)
+        check(0.0 <= self.holdout_fraction < 1.0, s, "holdout_fraction", "in [0, 1)", self.holdout_fraction)
+        check(self.bad_images in ("skip", "fail"), s, "bad_images", "'skip' or 'fail'", self.bad_images)
+        check(self.augment_batch_size >= 1, s, "augment_batch_size", ">= 1", self.augment_batch_size)
+        check(self.augment_workers >= 0, s, "augment_workers", ">= 0", self.augment_workers)
+        check(self.prefetch_batches >= 0, s, "prefetch_batches", ">= 0", self.prefetch_batches)
+        check(self.eval_bank_size >= 1, s, "eval_bank_size", ">= 1", self.eval_bank_size)
+        check(self.eval_test_size >= 1, s, "eval_test_size", ">= 1", self.eval_test_size)
         if self.source in ("parquet", "images"):
-            _check(bool(self.uri), s, "uri", f"set for source {self.source!r} (a path or s3://, gs:// URI)", self.uri)
+            check(bool(self.uri), s, "uri", f"set for source {self.source!r} (a path or s3://, gs:// URI)", self.uri)
         if self.source in ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder"):
-            _check(bool(self.root), s, "root", f"set for source {self.source!r} (a local folder)", self.root)
+            check(bool(self.root), s, "root", f"set for source {self.source!r} (a local folder)", self.root)
         if self.eval_root:
-            _check(self.source in ("imagefolder", "images", "parquet"), s, "eval_root",
+            check(self.source in ("imagefolder", "images", "parquet"), s, "eval_root",
                    "empty unless the source is imagefolder, images or parquet (the others have a test split)",
                    self.eval_root)
 
@@ -89,36 +95,11 @@ class DataConfig:
 
 
 @dataclass
-class AugConfig:
-    """SimCLR augmentation (SIMCLR.md table); strength s scales colour jitter."""
-
-    section: ClassVar[str] = "aug"
-    strength: float = 0.5
-    min_scale: float = 0.08
-    max_scale: float = 1.0
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.0  # 0.5 at ImageNet size; off at <= 64 px
-    blur_kernel_frac: float = 0.1
-
-    def __post_init__(self) -> None:
-        s = self.section
-        _check(0.0 <= self.strength <= 4.0, s, "strength", "in [0, 4]", self.strength)
-        _check(0.0 < self.min_scale <= 1.0, s, "min_scale", "in (0, 1]", self.min_scale)
-        _check(self.min_scale <= self.max_scale <= 1.0, s, "max_scale", "in [min_scale, 1]", self.max_scale)
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
-            value = getattr(self, name)
-            _check(0.0 <= value <= 1.0, s, name, "a probability in [0, 1]", value)
-        _check(0.0 < self.blur_kernel_frac <= 0.5, s, "blur_kernel_frac", "in (0, 0.5]", self.blur_kernel_frac)
-
-
-@dataclass
 class ModelConfig:
     """Encoder and projection head."""
 
     section: ClassVar[str] = "model"
-    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet | vit (MAE only)
+    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet | vit (methods that build a ViT)
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool: for images <= 64 px
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet stage widths
     blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet blocks per stage
@@ -133,84 +114,21 @@ class ModelConfig:
     def __post_init__(self) -> None:
         s = self.section
         archs = ("resnet18", "resnet34", "resnet50", "small_resnet", "vit")
-        _check(self.arch in archs, s, "arch", f"one of {', '.join(archs)}", self.arch)
-        _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), s, "widths",
+        check(self.arch in archs, s, "arch", f"one of {', '.join(archs)}", self.arch)
+        check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), s, "widths",
                "a non-empty list of positive ints", self.widths)
-        _check(len(self.blocks) == len(self.widths) and all(b >= 1 for b in self.blocks), s, "blocks",
+        check(len(self.blocks) == len(self.widths) and all(b >= 1 for b in self.blocks), s, "blocks",
                "a list of positive ints as long as model.widths", self.blocks)
-        _check(self.proj_hidden_dim >= 0, s, "proj_hidden_dim", ">= 0 (0: the feature dimension)",
+        check(self.proj_hidden_dim >= 0, s, "proj_hidden_dim", ">= 0 (0: the feature dimension)",
                self.proj_hidden_dim)
-        _check(self.proj_dim >= 1, s, "proj_dim", ">= 1", self.proj_dim)
-        _check(self.proj_layers in (2, 3), s, "proj_layers", "2 or 3", self.proj_layers)
-        _check(self.patch_size >= 1, s, "patch_size", ">= 1", self.patch_size)
-        _check(self.vit_depth >= 1, s, "vit_depth", ">= 1", self.vit_depth)
-        _check(self.vit_heads >= 1, s, "vit_heads", ">= 1", self.vit_heads)
+        check(self.proj_dim >= 1, s, "proj_dim", ">= 1", self.proj_dim)
+        check(self.proj_layers in (2, 3), s, "proj_layers", "2 or 3", self.proj_layers)
+        check(self.patch_size >= 1, s, "patch_size", ">= 1", self.patch_size)
+        check(self.vit_depth >= 1, s, "vit_depth", ">= 1", self.vit_depth)
+        check(self.vit_heads >= 1, s, "vit_heads", ">= 1", self.vit_heads)
         # multiples of 4: the 2-D sin-cos position embedding splits the width into 4 parts
-        _check(self.vit_dim >= 4 and self.vit_dim % math.lcm(4, self.vit_heads) == 0, s, "vit_dim",
+        check(self.vit_dim >= 4 and self.vit_dim % math.lcm(4, self.vit_heads) == 0, s, "vit_dim",
                f"a positive multiple of 4 and of model.vit_heads ({self.vit_heads})", self.vit_dim)
-
-
-AUTO_CHUNK_ROWS = 1024
-
-
-@dataclass
-class LossConfig:
-    """NT-Xent."""
-
-    section: ClassVar[str] = "loss"
-    temperature: float = 0.5
-    gather: bool = True  # negatives from every worker (SimCLR); False: only the worker's own batch
-    # logits computed this many anchor rows at a time, recomputed in backward: memory O(rows x 2N) for
-    # no loss of speed (docs/BENCHMARKS.md). -1: auto (1024 rows once a worker has more anchors); 0: off
-    chunk_rows: int = -1
-
-    def __post_init__(self) -> None:
-        _check(self.temperature > 0.0, self.section, "temperature", "> 0", self.temperature)
-        _check(self.chunk_rows >= -1, self.section, "chunk_rows", ">= -1 (-1: auto, 0: off)", self.chunk_rows)
-
-    def rows_per_chunk(self, local_anchors: int) -> int:
-        """``chunk_rows`` resolved for a worker with ``local_anchors`` anchors (2 x its batch)."""
-        if self.chunk_rows >= 0:
-            return self.chunk_rows
-        return AUTO_CHUNK_ROWS if local_anchors > AUTO_CHUNK_ROWS else 0
-
-
-@dataclass
-class MoCoConfig:
-    """MoCo v2 (He et al. 2020; Chen et al. 2020, arXiv:2003.04297): key encoder and queue."""
-
-    section: ClassVar[str] = "moco"
-    momentum: float = 0.999  # key encoder: key <- m*key + (1-m)*query after every step
-    momentum_schedule: str = "constant"  # constant | cosine (m rises to 1 over training, as BYOL)
-    queue_size: int = 65536  # negatives kept from earlier batches (4096 for small datasets)
-    shuffle_bn: bool = True  # shuffle the key batch across workers so BN cannot leak (MoCo §3.3)
-
-    def __post_init__(self) -> None:
-        s = self.section
-        _check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
-        _check(self.momentum_schedule in ("constant", "cosine"), s, "momentum_schedule", "constant or cosine",
-               self.momentum_schedule)
-        _check(self.queue_size >= 1, s, "queue_size", ">= 1", self.queue_size)
-
-
-@dataclass
-class MAEConfig:
-    """Masked image modelling: MAE (He et al. 2021) on a ViT, and CNN inpainting (Pathak et al. 2016)."""
-
-    section: ClassVar[str] = "mae"
-    mask_ratio: float = 0.75  # mae: fraction of patches masked per image; inpaint: area of the masked block
-    norm_pix_loss: bool = False  # targets are per-patch normalised pixels (MAE §A.1)
-    decoder_dim: int = 64  # mae: decoder token width
-    decoder_depth: int = 2  # mae: decoder transformer blocks
-    decoder_heads: int = 4  # mae: decoder attention heads
-
-    def __post_init__(self) -> None:
-        s = self.section
-        _check(0.0 < self.mask_ratio < 1.0, s, "mask_ratio", "in (0, 1)", self.mask_ratio)
-        _check(self.decoder_depth >= 1, s, "decoder_depth", ">= 1", self.decoder_depth)
-        _check(self.decoder_heads >= 1, s, "decoder_heads", ">= 1", self.decoder_heads)
-        _check(self.decoder_dim >= 4 and self.decoder_dim % math.lcm(4, self.decoder_heads) == 0, s, "decoder_dim",
-               f"a positive multiple of 4 and of mae.decoder_heads ({self.decoder_heads})", self.decoder_dim)
 
 
 @dataclass
@@ -231,17 +149,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         s = self.section
-        _check(self.name in ("lars", "sgd", "adamw"), s, "name", "one of lars, sgd, adamw", self.name)
-        _check(self.lr > 0.0, s, "lr", "> 0", self.lr)
-        _check(self.lr_scaling in ("linear", "sqrt", "none"), s, "lr_scaling", "one of linear, sqrt, none",
+        check(self.name in ("lars", "sgd", "adamw"), s, "name", "one of lars, sgd, adamw", self.name)
+        check(self.lr > 0.0, s, "lr", "> 0", self.lr)
+        check(self.lr_scaling in ("linear", "sqrt", "none"), s, "lr_scaling", "one of linear, sqrt, none",
                self.lr_scaling)
-        _check(self.weight_decay >= 0.0, s, "weight_decay", ">= 0", self.weight_decay)
-        _check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
-        _check(self.eta > 0.0, s, "eta", "> 0", self.eta)
-        _check(self.warmup_epochs >= 0.0, s, "warmup_epochs", ">= 0", self.warmup_epochs)
-        _check(self.final_lr >= 0.0, s, "final_lr", ">= 0", self.final_lr)
-        _check(self.grad_clip >= 0.0, s, "grad_clip", ">= 0 (0 = off)", self.grad_clip)
-        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), s, "betas",
+        check(self.weight_decay >= 0.0, s, "weight_decay", ">= 0", self.weight_decay)
+        check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
+        check(self.eta > 0.0, s, "eta", "> 0", self.eta)
+        check(self.warmup_epochs >= 0.0, s, "warmup_epochs", ">= 0", self.warmup_epochs)
+        check(self.final_lr >= 0.0, s, "final_lr", ">= 0", self.final_lr)
+        check(self.grad_clip >= 0.0, s, "grad_clip", ">= 0 (0 = off)", self.grad_clip)
+        check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), s, "betas",
                "two numbers in [0, 1), e.g. [0.9, 0.999]", self.betas)
 
 
@@ -272,19 +190,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = self.section
-        _check(self.epochs >= 1, s, "epochs", ">= 1", self.epochs)
-        _check(self.batch_size >= 2, s, "batch_size", ">= 2", self.batch_size)
-        _check(self.workers >= 1, s, "workers", ">= 1", self.workers)
-        _check(self.cpus_per_worker >= 0.0, s, "cpus_per_worker", ">= 0 (0 = derived)", self.cpus_per_worker)
-        _check(self.precision in ("auto", "fp32", "bf16"), s, "precision", "one of auto, fp32, bf16",
+        check(self.epochs >= 1, s, "epochs", ">= 1", self.epochs)
+        check(self.batch_size >= 2, s, "batch_size", ">= 2", self.batch_size)
+        check(self.workers >= 1, s, "workers", ">= 1", self.workers)
+        check(self.cpus_per_worker >= 0.0, s, "cpus_per_worker", ">= 0 (0 = derived)", self.cpus_per_worker)
+        check(self.precision in ("auto", "fp32", "bf16"), s, "precision", "one of auto, fp32, bf16",
                self.precision)
-        _check(self.channels_last in ("auto", "on", "off"), s, "channels_last", "one of auto, on, off",
+        check(self.channels_last in ("auto", "on", "off"), s, "channels_last", "one of auto, on, off",
                self.channels_last)
-        _check(self.checkpoint_every >= 1, s, "checkpoint_every", ">= 1", self.checkpoint_every)
-        _check(self.keep_checkpoints >= 1, s, "keep_checkpoints", ">= 1", self.keep_checkpoints)
-        _check(self.max_failures >= -1, s, "max_failures", ">= -1 (-1 = unlimited)", self.max_failures)
-        _check(self.stop_after_epoch >= 0, s, "stop_after_epoch", ">= 0 (0 = off)", self.stop_after_epoch)
-        _check(self.log_every_steps >= 1, s, "log_every_steps", ">= 1", self.log_every_steps)
+        check(self.checkpoint_every >= 1, s, "checkpoint_every", ">= 1", self.checkpoint_every)
+        check(self.keep_checkpoints >= 1, s, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+        check(self.max_failures >= -1, s, "max_failures", ">= -1 (-1 = unlimited)", self.max_failures)
+        check(self.stop_after_epoch >= 0, s, "stop_after_epoch", ">= 0 (0 = off)", self.stop_after_epoch)
+        check(self.log_every_steps >= 1, s, "log_every_steps", ">= 1", self.log_every_steps)
         if self.batch_size % self.workers:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be divisible by train.workers ({self.workers})"
@@ -312,10 +230,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         s = self.section
-        _check(self.knn_k >= 1, s, "knn_k", ">= 1", self.knn_k)
-        _check(self.knn_temperature > 0.0, s, "knn_temperature", "> 0", self.knn_temperature)
-        _check(self.every_epochs >= 1, s, "every_epochs", ">= 1", self.every_epochs)
-        _check(self.linear_probe_epochs >= 0, s, "linear_probe_epochs", ">= 0", self.linear_probe_epochs)
+        check(self.knn_k >= 1, s, "knn_k", ">= 1", self.knn_k)
+        check(self.knn_temperature > 0.0, s, "knn_temperature", "> 0", self.knn_temperature)
+        check(self.every_epochs >= 1, s, "every_epochs", ">= 1", self.every_epochs)
+        check(self.linear_probe_epochs >= 0, s, "linear_probe_epochs", ">= 0", self.linear_probe_epochs)
 
 
 @dataclass
@@ -327,57 +245,94 @@ class TrackingConfig:
     experiment: str = "simclr"
 
     def __post_init__(self) -> None:
-        _check(bool(self.experiment), self.section, "experiment", "a non-empty name", self.experiment)
+        check(bool(self.experiment), self.section, "experiment", "a non-empty name", self.experiment)
 
 
-@dataclass
+# the sections every method reads; a method's own sections come from the registry (workloads/registry.py)
+SHARED_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig,
+    "tracking": TrackingConfig,
+}
+
+
 class Config:
-    """The whole resolved configuration of one training run."""
+    """The whole resolved configuration of one training run: the method's name, the shared sections, and
+    a section of every registered method's (``cfg.loss``, ``cfg.moco``: attributes, as the shared ones).
 
-    method: str = "simclr"
-    data: DataConfig = field(default_factory=DataConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    moco: MoCoConfig = field(default_factory=MoCoConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
+    A registered method's sections are present whichever method runs (a YAML may carry them), but only
+    the running method's reach MLflow. On construction each section checks its own fields, then the
+    method checks the rules across sections (``Method.check_config``).
+    """
 
-    def __post_init__(self) -> None:
-        _check(self.method in METHOD_NAMES, "config", "method", f"one of {', '.join(METHOD_NAMES)}", self.method)
-        if self.model.arch == "vit":
-            _check(self.method == "mae", "model", "arch", "a ResNet for method " + repr(self.method) +
-                   " (vit is for method 'mae')", self.model.arch)
-        if self.method in ("mae", "inpaint"):  # the patch grid of the ViT and of the masks
-            _check(self.data.image_size % self.model.patch_size == 0, "model", "patch_size",
-                   f"a divisor of data.image_size ({self.data.image_size})", self.model.patch_size)
-        if self.method == "mae" and self.model.arch != "vit":
-            _check(False, "model", "arch", "'vit' for method 'mae' (CNN inpainting is method 'inpaint')",
-                   self.model.arch)
+    def __init__(self, method: str = "simclr", data: DataConfig | None = None, model: ModelConfig | None = None,
+                 optim: OptimConfig | None = None, train: TrainConfig | None = None,
+                 eval: EvalConfig | None = None, tracking: TrackingConfig | None = None, **sections: Any) -> None:
+        self.method = method
+        self.data = data if data is not None else DataConfig()
+        self.model = model if model is not None else ModelConfig()
+        self.optim = optim if optim is not None else OptimConfig()
+        self.train = train if train is not None else TrainConfig()
+        self.eval = eval if eval is not None else EvalConfig()
+        self.tracking = tracking if tracking is not None else TrackingConfig()
+        types = method_sections()
+        unknown = sorted(set(sections) - set(types))
+        if unknown:
+            known = ", ".join([*SHARED_SECTIONS, *types])
+            raise ConfigError(f"unknown section {unknown[0]!r}; known sections: {known}")
+        self.sections: dict[str, Any] = {name: sections[name] if name in sections else cls()
+                                         for name, cls in types.items()}
+        check(self.method in registry.METHODS, "config", "method", f"one of {', '.join(registry.METHODS)}",
+              self.method)
+        registry.METHODS[self.method].check_config(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A registered method's section: ``cfg.loss``, ``cfg.moco``, ``cfg.mae``."""
+        sections = self.__dict__.get("sections", {})  # not yet set while unpickling
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"Config has no section {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclasses it holds
+
+    def __repr__(self) -> str:
+        parts = [f"method={self.method!r}"] + [f"{name}={self.section(name)!r}" for name in self.section_names()]
+        return f"Config({', '.join(parts)})"
+
+    def section_names(self) -> list[str]:
+        return [*SHARED_SECTIONS, *self.sections]
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name) if name in SHARED_SECTIONS else self.sections[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return {"method": self.method, **{name: _to_plain(self.section(name)) for name in self.section_names()}}
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys.
 
         Sections of other methods are left out (a SimCLR run has no ``moco.*`` params)."""
-        flat: dict[str, Any] = {}
-        for key, value in self.to_dict().items():
-            if key in METHOD_SECTIONS and self.method not in METHOD_SECTIONS[key]:
-                continue
-            if isinstance(value, dict):
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                flat[key] = value
+        running = registry.METHODS.get(self.method)
+        own = set(running.sections) if running is not None else set()
+        flat: dict[str, Any] = {"method": self.method}
+        for name, value in self.to_dict().items():
+            if name in SHARED_SECTIONS or name in own:
+                flat.update({f"{name}.{k}": v for k, v in value.items()})
         return flat
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return _from_plain(cls, data, "")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping of fields; got {type(data).__name__} {data!r}")
+        types = {**SHARED_SECTIONS, **method_sections()}
+        unknown = sorted(set(data) - {"method", *types})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; known keys of config: {', '.join(['method', *types])}")
+        kwargs = {name: _coerce(str, value, name) if name == "method" else _from_plain(types[name], value, name)
+                  for name, value in data.items()}
+        return cls(**kwargs)
 
     def replace(self, overrides: dict[str, Any]) -> Config:
         """A new config with dotted overrides applied (``{"loss.temperature": 0.2}``), re-validated."""
@@ -387,8 +342,14 @@ class Config:
         return Config.from_dict(data)
 
 
-# method-specific sections and the methods that read them
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "mae": ("mae", "inpaint"), "loss": ("simclr", "moco")}
+def method_sections() -> dict[str, type]:
+    """The registered methods' sections, name -> dataclass; none may shadow a shared one."""
+    types = registry.section_types()
+    for name in types:
+        if name in SHARED_SECTIONS or name in ("method", "sections"):
+            raise ConfigError(f"a method's config section may not be named {name!r} (a shared section or "
+                              f"attribute of Config)")
+    return types
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -19,8 +19,12 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
    freezing its prototypes' gradients for the first steps).
 7. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
 8. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
+9. ``sections`` and ``check_config(cfg)``: the config sections the method owns (``Config`` composes them,
+   so ``cfg.moco`` and ``--set moco.queue_size=...`` work) and its rules across sections, checked when a
+   ``Config`` is built.
 
-Methods live in a plain dict, ``workloads.methods.METHODS``; there is no registry.
+Adding a method is a folder (its section dataclasses, recipes and this class) and one line in
+``workloads/methods.py``, which registers it (``workloads/registry.py`` holds what the config reads).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workloads.config import Config
+from workloads.config import Config, ConfigError
 from workloads.optim import param_groups
 from workloads.rng import RandomSource
 
@@ -79,6 +83,15 @@ class Method:
     ddp_kwargs: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
     recipes: dict[str, Callable[[], Config]] = {}  # noqa: RUF012
     search: tuple[str, ...] = ()  # default `simclr tune` search space, as --search texts
+    # the config sections this method reads besides the shared ones: name -> dataclass (every field defaulted)
+    sections: dict[str, type] = {}  # noqa: RUF012
+
+    def check_config(self, cfg: Config) -> None:
+        """Rules across sections, run when a ``Config`` of this method is built (each section has checked
+        its own fields); raise ``ConfigError`` naming the field and the fix. Default: a ResNet encoder."""
+        if cfg.model.arch == "vit":
+            raise ConfigError(f"model.arch must be a ResNet for method {self.name!r} (vit is for method 'mae'); "
+                              f"got 'vit'")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         raise NotImplementedError

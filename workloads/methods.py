@@ -1,19 +1,34 @@
-"""The methods the orchestrator can train: a plain dict, name -> workload (see workloads/method.py)."""
+"""The methods the orchestrator can train, one line each: name -> workload (see workloads/method.py).
+
+Registering a method also tells ``Config`` its sections and checks (``workloads/registry.py``).
+"""
 
 from __future__ import annotations
 
+from typing import cast
+
+from workloads import registry
 from workloads.config import ConfigError
 from workloads.mae.method import MAE, Inpaint
 from workloads.method import Method
 from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR
 
-METHODS: dict[str, Method] = {
-    "simclr": SimCLR(),
-    "moco": MoCo(),
-    "mae": MAE(),
-    "inpaint": Inpaint(),
-}
+# the registry's dict itself, typed for the orchestrator: every entry is registered through `register`
+METHODS = cast("dict[str, Method]", registry.METHODS)
+
+
+def register(m: Method) -> Method:
+    """Add a method (tests add their own; remove it with ``registry.unregister``)."""
+    if not isinstance(m, Method):
+        raise TypeError(f"a method is a workloads.method.Method; got {type(m).__name__}")
+    return registry.register(m)
+
+
+register(SimCLR())
+register(MoCo())
+register(MAE())
+register(Inpaint())
 
 
 def method(name: str) -> Method:

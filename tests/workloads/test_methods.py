@@ -9,16 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from workloads.config import METHOD_NAMES, Config, ConfigError
+from workloads.config import Config, ConfigError
 from workloads.method import Net, denormalize, normalize
 from workloads.methods import METHODS, method
 from workloads.optim import build_optimizer
 from workloads.recipes import recipe
 from workloads.simclr.loss import nt_xent
 
+METHOD_NAMES = ("simclr", "moco", "mae", "inpaint")
+
 
 def test_the_dict_holds_every_method_the_config_accepts() -> None:
     assert tuple(METHODS) == METHOD_NAMES
+    assert all(recipe("digits", name).method == name for name in METHODS)
     assert all(m.name == name for name, m in METHODS.items())
 
 

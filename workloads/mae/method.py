@@ -16,31 +16,26 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from workloads.config import Config, ConfigError
+from workloads.mae.config import MAEConfig
 from workloads.mae.loss import masked_mse
 from workloads.mae.masks import block_mask, mask_pixels, patchify, random_patch_mask, unpatchify
 from workloads.mae.model import build_inpaint_model, build_mae_model
 from workloads.mae.pictures import reconstruction_grid
 from workloads.method import Images, Method, Net, denormalize, normalize
 from workloads.rng import RandomSource
-from workloads.simclr.method import make_augment
 from workloads.simclr.recipes import cifar10, digits
+from workloads.views import AugConfig, one_view
 
 MAX_PICTURES = 8
 MASKED_GREY = 128  # how hidden pixels are drawn in the "masked" row
 
 
 def patch_grid(cfg: Config) -> int:
-    """Patches per image side; the patch size must divide the image side (checked here for inpainting,
-    whose ResNet does not need patches otherwise)."""
+    """Patches per image side; the patch size must divide the image side (the mask's grid, and MAE's ViT)."""
     size, p = cfg.data.image_size, cfg.model.patch_size
     if size % p:
         raise ConfigError(f"model.patch_size must be a divisor of data.image_size ({size}); got {p}")
     return size // p
-
-
-def one_view(images: Images, cfg: Config, generator: RandomSource) -> Tensor:
-    """MAE's only augmentation, random resized crop + flip (the recipes set jitter, grayscale, blur to 0)."""
-    return make_augment(cfg.aug, cfg.data.image_size)(images, generator)  # B x 3 x S x S uint8
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -133,6 +128,14 @@ class MAE(Method):
     view_columns = ("view0",)
     recipes: dict[str, Callable[[], Config]] = {"digits": mae_digits, "cifar10": mae_cifar10}  # noqa: RUF012
     search = ("mae.mask_ratio=uniform(0.5,0.9)",)
+    sections = {"aug": AugConfig, "mae": MAEConfig}  # noqa: RUF012
+
+    def check_config(self, cfg: Config) -> None:
+        """The ViT's patch grid must tile the image; MAE needs the ViT (a CNN is method 'inpaint')."""
+        patch_grid(cfg)
+        if cfg.model.arch != "vit":
+            raise ConfigError(f"model.arch must be 'vit' for method 'mae' (CNN inpainting is method 'inpaint'); "
+                              f"got {cfg.model.arch!r}")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8
@@ -219,6 +222,12 @@ class Inpaint(Method):
     view_columns = ("view0",)
     recipes: dict[str, Callable[[], Config]] = {"digits": inpaint_digits, "cifar10": inpaint_cifar10}  # noqa: RUF012
     search = ("mae.mask_ratio=uniform(0.1,0.5)",)
+    sections = {"aug": AugConfig, "mae": MAEConfig}  # noqa: RUF012
+
+    def check_config(self, cfg: Config) -> None:
+        """A ResNet, and a patch grid (of the block mask) that tiles the image."""
+        super().check_config(cfg)
+        patch_grid(cfg)
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8

@@ -12,14 +12,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from workloads.config import Config, ConfigError
+from workloads.config import Config
+from workloads.contrastive import LossConfig
 from workloads.encoders import build_encoder
 from workloads.method import Images, Method, Net
+from workloads.moco.config import MoCoConfig
 from workloads.moco.loss import info_nce
 from workloads.moco.model import MoCoModel, mlp_head
 from workloads.rng import RandomSource
 from workloads.simclr import recipes as simclr_recipes
-from workloads.simclr.method import two_views
+from workloads.views import AugConfig, two_views
 
 
 def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
@@ -93,6 +95,7 @@ class MoCo(Method):
     # broadcast_buffers=False would skip that too.
     ddp_kwargs = {"forward_sync_buffers": False}  # noqa: RUF012 - read-only class default
     recipes = {"digits": digits, "cifar10": cifar10}  # noqa: RUF012
+    sections = {"aug": AugConfig, "loss": LossConfig, "moco": MoCoConfig}  # noqa: RUF012
     search = ("loss.temperature=loguniform(0.05,0.5)", "moco.momentum=uniform(0.9,0.999)",
               "moco.queue_size=choice(1024,4096,16384)")
 
@@ -101,8 +104,6 @@ class MoCo(Method):
 
     def build_model(self, cfg: Config) -> nn.Module:
         m = cfg.model
-        if m.arch == "vit":
-            raise ConfigError("model.arch must be a ResNet for method 'moco'; got 'vit'")
         encoder, num_features = build_encoder(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks)
         head = mlp_head(num_features, m.proj_hidden_dim or num_features, m.proj_dim, num_layers=m.proj_layers)
         return MoCoModel(encoder, head, dim=m.proj_dim, queue_size=cfg.moco.queue_size,

@@ -5,27 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.config import AugConfig, Config
+from workloads.config import Config
+from workloads.contrastive import LossConfig
 from workloads.method import Images, Method, Net
 from workloads.rng import RandomSource
-from workloads.simclr.augment import SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
 from workloads.simclr.recipes import RECIPES
-
-
-def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:
-    return SimCLRAugment(
-        output_size=image_size, strength=aug.strength, min_scale=aug.min_scale, max_scale=aug.max_scale,
-        flip_p=aug.flip_p, jitter_p=aug.jitter_p, gray_p=aug.gray_p, blur_p=aug.blur_p,
-        blur_kernel_frac=aug.blur_kernel_frac,
-    )
-
-
-def two_views(images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
-    """Two independently augmented views of each image, with per-image random parameters."""
-    v0, v1 = make_augment(cfg.aug, cfg.data.image_size).two_views(images, generator)
-    return {"view0": v0, "view1": v1}  # B x 3 x s x s uint8 each
+from workloads.views import AugConfig, two_views
 
 
 def build_resnet_model(cfg: Config) -> nn.Module:
@@ -38,6 +25,7 @@ def build_resnet_model(cfg: Config) -> nn.Module:
 class SimCLR(Method):
     name = "simclr"
     recipes = RECIPES
+    sections = {"aug": AugConfig, "loss": LossConfig}  # noqa: RUF012
     search = ("loss.temperature=loguniform(0.05,1.0)", "aug.strength=uniform(0.25,1.5)")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:

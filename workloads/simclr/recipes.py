@@ -9,16 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workloads.config import (
-    AugConfig,
-    Config,
-    DataConfig,
-    EvalConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-)
+from workloads.config import Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from workloads.contrastive import LossConfig
+from workloads.views import AugConfig
 
 
 def digits() -> Config:
