@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
 def resolve_with_search(recipe_name: str, config_path: str, sets: Sequence[str],
                         extra: dict[str, Any], method_name: str = "") -> tuple[Config, list[str]]:
     """``config_io.resolve`` for a file that may also hold a ``search:`` section (not part of Config)."""
-    from orchestrator.tune.sweep import search_from_yaml
+    from orchestrator.tune.space import search_from_yaml
 
     file_data = load_yaml(config_path) if config_path else {}
     search = search_from_yaml(file_data.pop("search", None))

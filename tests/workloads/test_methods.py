@@ -42,7 +42,7 @@ def test_every_method_has_digits_and_cifar10_recipes_of_its_own(name: str) -> No
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_every_default_search_space_parses_and_validates(name: str) -> None:
-    from orchestrator.tune.sweep import parse_search, validate_space
+    from orchestrator.tune.space import parse_search, validate_space
 
     m = method(name)
     assert m.search

@@ -324,7 +324,7 @@ def test_moco_is_registered_without_buffer_broadcast() -> None:
 
 @pytest.mark.parametrize("name", ["digits", "cifar10"])
 def test_recipes_and_default_search_space_validate(name: str) -> None:
-    from orchestrator.tune.sweep import parse_search  # the sweep's own parser of --search texts
+    from orchestrator.tune.space import parse_search  # the sweep's own parser of --search texts
 
     cfg = MoCo.recipes[name]()
     assert cfg.method == "moco" and cfg.loss.temperature == 0.2 and cfg.moco.momentum == 0.99
