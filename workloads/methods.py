@@ -9,7 +9,8 @@ from typing import cast
 
 from workloads import registry
 from workloads.config import ConfigError
-from workloads.mae.method import MAE, Inpaint
+from workloads.inpaint.method import Inpaint
+from workloads.mae.method import MAE
 from workloads.method import Method
 from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR

@@ -99,6 +99,26 @@ def knn_accuracy(
     return int((preds == test_labels.to(preds.device)).sum()) / preds.shape[0]
 
 
+def _check_probe_args(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+                      num_classes: int, epochs: int, lr: float, weight_decay: float, batch_size: int) -> None:
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be > 0; got num_classes={num_classes}.")
+    for field, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value <= 0:
+            raise ValueError(f"linear_probe {field} must be > 0; got {field}={value}.")
+    if not lr > 0:
+        raise ValueError(f"linear_probe lr must be > 0; got lr={lr}.")
+    if weight_decay < 0:
+        raise ValueError(f"linear_probe weight_decay must be >= 0; got weight_decay={weight_decay}.")
+    _check_features_labels(train_features, train_labels, "train", num_classes)
+    _check_features_labels(test_features, test_labels, "test", num_classes)
+    if test_features.shape[1] != train_features.shape[1]:
+        raise ValueError(
+            f"test_features has {test_features.shape[1]} dims but train_features has "
+            f"{train_features.shape[1]}; extract both with the same encoder."
+        )
+
+
 def linear_probe(
     train_features: Tensor,
     train_labels: Tensor,
@@ -118,22 +138,8 @@ def linear_probe(
     `epochs` passes of shuffled mini-batches. Zero-initialised weights and a seeded local generator make
     it deterministic given `seed` without touching the global RNG.
     """
-    if num_classes <= 0:
-        raise ValueError(f"num_classes must be > 0; got num_classes={num_classes}.")
-    for field, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value <= 0:
-            raise ValueError(f"linear_probe {field} must be > 0; got {field}={value}.")
-    if not lr > 0:
-        raise ValueError(f"linear_probe lr must be > 0; got lr={lr}.")
-    if weight_decay < 0:
-        raise ValueError(f"linear_probe weight_decay must be >= 0; got weight_decay={weight_decay}.")
-    _check_features_labels(train_features, train_labels, "train", num_classes)
-    _check_features_labels(test_features, test_labels, "test", num_classes)
-    if test_features.shape[1] != train_features.shape[1]:
-        raise ValueError(
-            f"test_features has {test_features.shape[1]} dims but train_features has "
-            f"{train_features.shape[1]}; extract both with the same encoder."
-        )
+    _check_probe_args(train_features, train_labels, test_features, test_labels, num_classes, epochs, lr,
+                      weight_decay, batch_size)
 
     device = train_features.device
     x_train = train_features.detach().to(torch.float32)  # N x F

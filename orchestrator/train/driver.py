@@ -240,33 +240,10 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
     stop_flag = StopFlag.options(scheduling_strategy=on_driver).remote()  # type: ignore[attr-defined]
-    resources: dict[str, float] = {"CPU": cpw}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1.0
-    # chunks reach the workers in the epoch's order (with one worker the stream is the same every run)
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": TrainJob(
-            config=cfg, run_id=run_id, tracking_uri=uri, steps_per_epoch=steps,
-            num_classes=data.num_classes if "eval_bank" in datasets else 0,
-            stop_flag=stop_flag, epoch_clock=clock, console=quiet,
-        )},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=cfg.train.name, storage_path=cfg.train.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            callbacks=list(callbacks),
-            # rank 0 logs metrics: fail fast when the tracking server is away (records are re-sent later)
-            worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **_forwarded_env()}},
-        ),  # type: ignore[call-arg]  # the stubs see Train V1's RunConfig; V2's takes worker_runtime_env
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
-    )
+    job = TrainJob(config=cfg, run_id=run_id, tracking_uri=uri, steps_per_epoch=steps,
+                   num_classes=data.num_classes if "eval_bank" in datasets else 0,
+                   stop_flag=stop_flag, epoch_clock=clock, console=quiet)
+    trainer = _torch_trainer(job, datasets, cpw, callbacks)
     monitor = mlflow_record.system_metrics(run_id, uri)
     try:
         result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
@@ -292,6 +269,34 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
         log_encoder(payload, run_id, uri, cfg)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
+
+
+def _torch_trainer(job: TrainJob, datasets: dict[str, Any], cpw: float, callbacks: Sequence[Any]) -> TorchTrainer:
+    """Ray Train's TorchTrainer for the job: its workers, their resources, checkpoints and fault tolerance."""
+    cfg = job.config
+    resources: dict[str, float] = {"CPU": cpw}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1.0
+    # chunks reach the workers in the epoch's order (with one worker the stream is the same every run)
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.name, storage_path=cfg.train.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=list(callbacks),
+            # rank 0 logs metrics: fail fast when the tracking server is away (records are re-sent later)
+            worker_runtime_env={"env_vars": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **_forwarded_env()}},
+        ),  # type: ignore[call-arg]  # the stubs see Train V1's RunConfig; V2's takes worker_runtime_env
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
+    )
 
 
 def _log_inputs(cfg: Config, data: PreparedData, steps: int, train_ds: Any, client: Any, run_id: str) -> None:

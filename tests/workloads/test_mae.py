@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from workloads.config import Config
+from workloads.inpaint.method import Inpaint
+from workloads.inpaint.model import build_inpaint_model
 from workloads.mae.loss import masked_mse
 from workloads.mae.masks import (
     block_mask,
@@ -23,8 +25,8 @@ from workloads.mae.masks import (
     unpatchify,
     visible_index,
 )
-from workloads.mae.method import MAE, Inpaint
-from workloads.mae.model import MAEModel, build_inpaint_model, build_mae_model
+from workloads.mae.method import MAE
+from workloads.mae.model import MAEModel, build_mae_model
 from workloads.mae.vit import ViT
 from workloads.method import Method, Net, normalize
 

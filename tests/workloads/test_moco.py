@@ -24,8 +24,9 @@ from workloads.config import Config
 from workloads.method import Net, normalize
 from workloads.methods import METHODS
 from workloads.moco.loss import info_nce
-from workloads.moco.method import MoCo, cifar10, digits, momentum_at
+from workloads.moco.method import MoCo, momentum_at
 from workloads.moco.model import MoCoModel, all_gather, batch_shuffle, batch_unshuffle, mlp_head
+from workloads.moco.recipes import cifar10, digits
 from workloads.optim import build_optimizer
 
 ATOL = RTOL = 1e-5

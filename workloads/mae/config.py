@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from workloads.config import check
+from workloads.config import ConfigError, check
+
+if TYPE_CHECKING:
+    from workloads.config import Config
 
 
 @dataclass
@@ -28,3 +31,11 @@ class MAEConfig:
         check(self.decoder_heads >= 1, s, "decoder_heads", ">= 1", self.decoder_heads)
         check(self.decoder_dim >= 4 and self.decoder_dim % math.lcm(4, self.decoder_heads) == 0, s, "decoder_dim",
               f"a positive multiple of 4 and of mae.decoder_heads ({self.decoder_heads})", self.decoder_dim)
+
+
+def patch_grid(cfg: Config) -> int:
+    """Patches per image side; the patch size must divide the image side (the mask's grid, and MAE's ViT)."""
+    size, p = cfg.data.image_size, cfg.model.patch_size
+    if size % p:
+        raise ConfigError(f"model.patch_size must be a divisor of data.image_size ({size}); got {p}")
+    return size // p

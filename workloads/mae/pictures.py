@@ -1,14 +1,21 @@
-"""Reconstruction figures as in MAE's Figure 2: input, masked input, output (matplotlib, Agg backend)."""
+"""Reconstruction figures as in MAE's Figure 2: input, masked input, output (matplotlib, Agg backend), and the
+helpers MAE and inpainting share to draw them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+MAX_PICTURES = 8
+MASKED_GREY = 128  # how hidden pixels are drawn in the "masked" row
 
 
 def reconstruction_grid(rows: Sequence[Tensor], labels: Sequence[str], path: str, title: str) -> None:
@@ -26,3 +33,33 @@ def reconstruction_grid(rows: Sequence[Tensor], labels: Sequence[str], path: str
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm's running statistics) and no autograd for the duration, then as before."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def pictured(images: Tensor, size: int) -> Tensor:
+    """Up to MAX_PICTURES uint8 images at the training size (held-out images may be stored larger)."""
+    images = images[:MAX_PICTURES].cpu()
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def greyed(images: Tensor, hole: Tensor) -> Tensor:
+    """uint8 images with the pixels of `hole` (N, 1, H, W) bool drawn grey."""
+    return images.masked_fill(hole, MASKED_GREY)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
