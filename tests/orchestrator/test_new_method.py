@@ -12,13 +12,13 @@ from typing import ClassVar
 
 import pytest
 import torch
+from test_trainer import STEPS, TINY, FakeShard, Reports, local_env  # the Trainer driven without Ray
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from orchestrator.config_io import resolve
 from orchestrator.train.job import TrainJob
 from orchestrator.train.trainer import Trainer
-from tests.orchestrator.test_trainer import STEPS, TINY, FakeShard, Reports, local_env
 from workloads import registry
 from workloads.config import Config, ConfigError, check
 from workloads.method import Images, Method, Net
