@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-FAST = ("augment", "loss", "scaling")
+FAST = ("augment", "loss", "scaling", "jpeg_views")
 TIMEOUT_S = 600
 
 
@@ -70,6 +70,19 @@ def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str,
     assert {r["case"]["output_size"] for r in results} == {32, 224}
     for r in results:
         for side in ("ours", "torchvision"):
+            assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
+        assert r["ratio_ours_over_torchvision"] == pytest.approx(
+            r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
+
+
+def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str, dict[str, Any]]) -> None:
+    out = outputs["jpeg_views"]
+    assert out["settings"]["photos_shorter_side"] == [375, 768] and out["settings"]["output_size"] == 224
+    for d in out["decode"]:
+        assert len(d["images_per_s"]) == 3 and all(_positive(v) for v in d["images_per_s"].values())
+    assert {r["blur"] for r in out["results"]} == {True, False}
+    for r in out["results"]:
+        for side in ("ours", "ours_crop_stage_only", "torchvision"):
             assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
         assert r["ratio_ours_over_torchvision"] == pytest.approx(
             r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
