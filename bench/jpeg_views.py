@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import photo_bytes
 
-from orchestrator.sources import decode_image
+from orchestrator.data.sources import decode_image
 from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import SimCLRAugment, reference_augment
 
