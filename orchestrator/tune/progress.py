@@ -109,12 +109,18 @@ class TrialLines(tune.Callback):
         self._say(f"trial {self._name(trial)} {what}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        try:
-            err = trial.get_error()
-        except Exception:  # the error file is unreadable: the summary still has the trial's status
-            err = None
-        reason = failure_message(err) if err is not None else "see the log file"
-        self._say(f"trial {self._name(trial)} failed: {reason}")
+        self._say(f"trial {self._name(trial)} failed: {_error(trial)}")
+
+
+def _error(trial: Any) -> str:
+    """The one line of a failed trial's error. Tune writes the error file in the trial's local folder
+    before the callbacks run (``Trial.get_error`` reads the storage copy, synced later)."""
+    try:
+        with open(trial.error_file) as f:
+            text = f.read()
+    except (OSError, TypeError):  # no local file: the summary still has the trial's status and error
+        text = ""
+    return failure_message(RuntimeError(text)) if text.strip() else "see the sweep's log file"
 
 
 def _plain(value: Any) -> Any:

@@ -43,7 +43,7 @@ from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.tracking import plots
 from orchestrator.tracking.tags import BEST_TRIAL_TAG, KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG
-from orchestrator.train.driver import failure_message, storage_path, train
+from orchestrator.train.driver import failure_message, quiet_ray_data, storage_path, train
 from orchestrator.train.session import RayOptions, ray_session, start_local_ray
 from orchestrator.tune import progress
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
@@ -386,13 +386,15 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     values = {k: _plain(v) for k, v in config.items()}
     cfg = Config.from_dict(spec["base"]).replace(
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
+    if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
+        quiet_ray_data()
     train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()])
 
 
-def make_trainable(spec: SweepSpec) -> Any:
+def make_trainable(spec: SweepSpec, quiet: bool = False) -> Any:
     """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match)."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
-               "trials_storage": spec.trials_storage}
+               "trials_storage": spec.trials_storage, "quiet": quiet}
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
 
 
@@ -616,7 +618,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
         def new_tuner() -> tune.Tuner:
             save_spec(spec)
             return tune.Tuner(
-                make_trainable(spec),
+                make_trainable(spec, quiet),
                 param_space=param_space(dims, opts.search_alg),
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
@@ -650,7 +652,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
 
         def restored_tuner() -> tune.Tuner:
             _end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-            return tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
+            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet), resume_unfinished=True,
                                       restart_errored=True)
 
         try:

@@ -192,7 +192,8 @@ def test_best_trial_prefers_completed_trials() -> None:
     assert best is not None and best.trial_id == "b"
 
 
-def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
     from orchestrator import console
     from orchestrator.tune.progress import TrialLines
 
@@ -202,7 +203,8 @@ def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pyte
     lines = TrialLines("sw", 4, ["loss.temperature"], "knn_top1")
     done, cut, bad = (SimpleNamespace(trial_id=i, config={"loss.temperature": t}, last_result={})
                       for i, t in (("a_0", 0.1), ("b_1", 3.0), ("c_2", 0.5)))
-    bad.get_error = lambda: RuntimeError("boom\nNonFiniteLossError: non-finite loss at epoch 1")
+    bad.error_file = str(tmp_path / "error.txt")  # what Tune writes before calling on_trial_error
+    Path(bad.error_file).write_text("Failure # 1\nTraceback ...\nNonFiniteLossError: non-finite loss at epoch 1\n")
     for trial in (done, cut, bad):
         lines.on_trial_start(0, [], trial)
     for epoch in (1, 2, 3, 4):
@@ -334,6 +336,10 @@ def test_sweep_console_has_a_header_and_a_line_per_trial_event_and_ray_output_go
         sweep: dict[str, Any]) -> None:
     out, err = sweep["out"], sweep["stderr"]
     lines = err.splitlines()
+    assert len(lines) < 40, err
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("sweep sw: ")), len(lines))
+    assert all(" INFO mlflow." in ln for ln in lines[:start]), err  # MLflow may announce a new database
+    lines = lines[start:]
     # the header: the sweep, its search space, the parent run, where Ray's output went
     assert lines[0].startswith("sweep sw: 4 trial(s) of 4 epochs, random search, ASHA on loss"), err
     assert lines[1] == "  search: loss.temperature=grid(0.1, 0.15, 1e-300, 3.0)"
@@ -344,7 +350,6 @@ def test_sweep_console_has_a_header_and_a_line_per_trial_event_and_ray_output_go
     events = lines[4:]
     bad = [ln for ln in events if not re.match(r"trial sw-\S+ (started|epoch|finished|stopped by ASHA|failed)", ln)]
     assert not bad, err
-    assert len(lines) < 40, err
     for trial in out["trials"]:
         mine = [ln.split(" ", 2)[2] for ln in events if ln.split(" ", 2)[1] == trial["run_name"]]
         assert mine[0].startswith("started: loss.temperature="), mine
