@@ -38,13 +38,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from orchestrator import tracking
+from orchestrator import console, tracking
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.tracking import plots
 from orchestrator.tracking.tags import BEST_TRIAL_TAG, KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG
-from orchestrator.train.driver import failure_message, storage_path, train
+from orchestrator.train.driver import failure_message, quiet_ray_data, storage_path, train
 from orchestrator.train.session import RayOptions, ray_session, start_local_ray
+from orchestrator.tune import progress
 from workloads.config import Config, ConfigError, DataConfig, TrainConfig
 from workloads.methods import method
 
@@ -385,13 +386,15 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     values = {k: _plain(v) for k, v in config.items()}
     cfg = Config.from_dict(spec["base"]).replace(
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
+    if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
+        quiet_ray_data()
     train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()])
 
 
-def make_trainable(spec: SweepSpec) -> Any:
+def make_trainable(spec: SweepSpec, quiet: bool = False) -> Any:
     """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match)."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
-               "trials_storage": spec.trials_storage}
+               "trials_storage": spec.trials_storage, "quiet": quiet}
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
 
 
@@ -583,8 +586,9 @@ def _cluster_plan(train_cfg: TrainConfig, max_concurrent: int) -> TrialResources
 
 
 def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None,
-              file_search: Sequence[str] = ()) -> SweepOutcome:
-    """Start a new sweep (validated up front), run it to the end and return its outcome."""
+              file_search: Sequence[str] = (), quiet: bool = False) -> SweepOutcome:
+    """Start a new sweep (validated up front), run it to the end and return its outcome.
+    ``quiet``: Ray's output goes to the sweep's log file, the terminal shows orchestrator/tune/progress.py's lines."""
     dims = prepare_sweep(cfg, opts, file_search)
     name = cfg.train.name or generated_name(cfg)
     user_base = _absolute(cfg.replace({"train.name": ""}))
@@ -597,7 +601,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
     uri = user_base.tracking.uri
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
-    with tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
         sigterm_as_sigint()  # SIGTERM: Tune's graceful Ctrl-C stop
         _check_dashboard(opts.scheduler)
         plan = _cluster_plan(cfg.train, opts.max_concurrent)
@@ -609,23 +613,28 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
             num_samples=opts.num_samples, metric=metric, mode=mode, grace_period=opts.grace_period,
             reduction_factor=opts.reduction_factor, resources=asdict(plan), tracking_uri=uri, experiment_id=exp_id)
         spec.parent_run_id = _start_parent(client, spec)
+        console.current().say(progress.header(spec))
 
         def new_tuner() -> tune.Tuner:
             save_spec(spec)
             return tune.Tuner(
-                make_trainable(spec),
+                make_trainable(spec, quiet),
                 param_space=param_space(dims, opts.search_alg),
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
                     search_alg=build_search_alg(spec), trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(name=name, storage_path=storage,
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[progress.TrialLines(name, spec.epochs, list(dims), metric)]),
             )
 
-        return _fit_and_report(new_tuner, spec, client)
+        try:
+            return _fit_and_report(new_tuner, spec, client)
+        finally:
+            progress.log_to_parent(client, spec)
 
 
-def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) -> SweepOutcome:
+def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, quiet: bool = False) -> SweepOutcome:
     """Go on with an interrupted sweep: unfinished and errored trials run again, into the same MLflow runs."""
     path = join(storage, name)
     spec = load_spec(path)
@@ -633,19 +642,23 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) ->
         raise UserError(f"--resume {name}: no sweep to resume in {path} (set train.storage_path to the sweep's "
                         f"storage folder)")
     client = tracking.client_for(spec.tracking_uri)
-    with tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
         sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
         _cluster_plan(Config.from_dict(spec.base).train, int(spec.resources["max_concurrent"]))
         tracking.reopen_run(client, spec.parent_run_id)
+        console.current().say("resuming " + progress.header(spec))
 
         def restored_tuner() -> tune.Tuner:
             _end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-            return tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
+            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet), resume_unfinished=True,
                                       restart_errored=True)
 
-        return _fit_and_report(restored_tuner, spec, client)
+        try:
+            return _fit_and_report(restored_tuner, spec, client)
+        finally:
+            progress.log_to_parent(client, spec)
 
 
 def _start_parent(client: Any, spec: SweepSpec) -> str:
