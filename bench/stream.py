@@ -8,11 +8,14 @@ augmentation, 224 px, blur on) is read by one consumer in 64-image batches, on a
 `--cores` CPUs. Figures are images/s of views, the median over epochs 2..E (epoch 1 pays the Ray
 workers' start-up).
 
-Four variants, each prepared once and read alternately so that a drift in load hits all of them:
+Five variants, each prepared once and read alternately so that a drift in load hits all of them:
 - `data.shuffle` true (the default: a new global order every epoch) or false (row-id order, which for
   an ImageFolder is class order: the order the pipeline streamed before issue 13);
 - `data.center_square` false (the default: decoded whole, crops from the whole photo) or true (the
-  centre square only, the decode before issue 13).
+  centre square only, the decode before issue 13);
+- the standard alternative for the shuffle: Ray Data's own `random_shuffle()` of the same cached
+  blocks each epoch (an all-to-all exchange; unseeded, since a seed would repeat one order every
+  epoch), then the same views in `map_batches`.
 
     .venv/bin/python bench/stream.py [--json] [--quick] [--images 384] [--epochs 3] [--cores N]
 """
@@ -21,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
+import torch
 from common import emit_json, load_now, machine, median, say, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -36,10 +42,13 @@ from photos import image_folder
 from orchestrator.data import prepare
 from orchestrator.data.stream import EpochClock, RowStore, train_stream
 from workloads.config import Config
+from workloads.methods import method
 from workloads.recipes import recipe
 
+RAY_SHUFFLE = "Ray Data random_shuffle, whole image"
 VARIANTS = {  # name: (shuffle, center_square)
     "shuffle, whole image": (True, False),
+    RAY_SHUFFLE: (False, False),
     "no shuffle, whole image": (False, False),
     "shuffle, centre square": (True, True),
     "no shuffle, centre square (before issue 13)": (False, True),
@@ -55,11 +64,24 @@ def config(root: Path, shuffle: bool, center_square: bool, quick: bool) -> Confi
     return cfg
 
 
-def read_epoch(cfg: Config, store: RowStore, clock: Any, epoch: int) -> float:
+def ray_shuffled(store: RowStore, cfg: Config) -> ray.data.Dataset:
+    """The alternative: Ray Data's random_shuffle of the cached blocks, then the views per batch."""
+
+    def views(batch: dict[str, Any]) -> dict[str, Any]:
+        images = [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in batch["image"]]
+        out = method(cfg.method).views(images, cfg, torch.Generator().manual_seed(secrets.randbits(63)))
+        return {k: v.numpy() for k, v in out.items()}
+
+    return (ray.data.from_arrow_refs(list(store.blocks)).random_shuffle()
+            .map_batches(views, batch_size=cfg.data.augment_batch_size, batch_format="numpy"))
+
+
+def read_epoch(cfg: Config, store: RowStore, clock: Any, epoch: int, alternative: bool = False) -> float:
     """images/s of one epoch of the stream, read in the trainer's batches of 64."""
     ray.get(clock.set.remote(epoch))
+    ds = ray_shuffled(store, cfg) if alternative else train_stream(store, cfg, clock)
     start, n = time.perf_counter(), 0
-    for batch in train_stream(store, cfg, clock).iter_batches(batch_size=64, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
         n += len(batch["view0"])
     return n / (time.perf_counter() - start)
 
@@ -92,7 +114,7 @@ def main() -> None:
                 order = list(VARIANTS) if epoch % 2 else list(reversed(VARIANTS))
                 for name in order:
                     cfg, store, clock = runs[name]
-                    rate = read_epoch(cfg, store, clock, epoch)
+                    rate = read_epoch(cfg, store, clock, epoch, alternative=name == RAY_SHUFFLE)
                     if epoch > 1 or epochs == 1:
                         rates[name].append(rate)
         finally:
@@ -102,19 +124,21 @@ def main() -> None:
     rows = [[name, figures[name], f"{figures[name] / before:.3f}x", " / ".join(f"{x:.0f}" for x in rates[name])]
             for name in VARIANTS]
     shuffle_cost = figures["shuffle, whole image"] / figures["no shuffle, whole image"]
+    vs_ray = figures["shuffle, whole image"] / figures[RAY_SHUFFLE]
     crop_cost = figures["no shuffle, whole image"] / before
     size = config(Path(), True, False, args.quick).data.image_size
     say(args.json,
         f"{images} photo JPEGs in 10 class folders, imagenet recipe views ({size} px{'' if args.quick else ', blur'}), "
         f"{args.cores} cores, epochs 2..{epochs}; load {load_before} -> {load_now()}",
         "", table(["stream", "images/s", "vs before", "each epoch"], rows), "",
-        f"shuffle on/off (whole image): {shuffle_cost:.3f}x; "
+        f"shuffle on/off (whole image): {shuffle_cost:.3f}x; ours / Ray Data random_shuffle: {vs_ray:.3f}x; "
         f"whole image / centre square (no shuffle): {crop_cost:.3f}x")
     if args.json:
         emit_json({"benchmark": "stream", "settings": {"images": images, "epochs": epochs, "cores": args.cores,
                                                         "quick": args.quick},
                    "machine": {**machine(), "load_before": load_before}, "images_per_s": figures,
                    "per_epoch": rates, "ratio_shuffle_on_over_off": shuffle_cost,
+                   "ratio_ours_over_ray_random_shuffle": vs_ray,
                    "ratio_whole_over_centre_square": crop_cost})
 
 

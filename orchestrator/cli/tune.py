@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
                    help="trials at once (default: derived from the cluster's CPUs/GPUs, keeping CPUs for Ray Data)")
     p.add_argument("--resume", default="", metavar="NAME",
                    help="go on with an interrupted sweep (its storage: train.storage_path, default ./simclr_runs)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Tune's own output on the terminal (default: in the sweep's log file)")
     p.set_defaults(func=cmd_tune)
 
 
@@ -60,13 +62,13 @@ def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
     cfg, file_search = resolve_with_search(args.recipe, args.config, args.set, config_overrides(args),
                                             args.method)
     if args.resume:
-        outcome = tune.resume_sweep(args.resume, storage_path(cfg), ray_options(args))
+        outcome = tune.resume_sweep(args.resume, storage_path(cfg), ray_options(args), quiet=not args.verbose)
     else:
         opts = tune.TuneOptions(
             search=args.search, num_samples=args.num_samples, scheduler=args.scheduler, search_alg=args.search_alg,
             metric=args.metric, mode=args.mode or "", grace_period=args.grace_period,
             reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent)
-        outcome = tune.run_sweep(cfg, opts, ray_options(args), file_search)
+        outcome = tune.run_sweep(cfg, opts, ray_options(args), file_search, quiet=not args.verbose)
     if args.json:
         print(json.dumps(outcome.to_dict(), sort_keys=True, default=str), file=out)
     else:

@@ -12,11 +12,9 @@ train worker; only rank 0 reads them.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -25,19 +23,25 @@ import ray
 import ray.data
 import torch
 from ray.data.extensions import ArrowTensorArray
-from ray.exceptions import RayError
 
 from orchestrator.data import sources
+from orchestrator.data.decode import decode_stage, materialize
+from orchestrator.data.evalsets import (
+    Files,
+    balanced_order,
+    eval_root_files,
+    eval_sets,
+    read_labelled,
+    stratified_holdout,
+)
 from orchestrator.data.stream import RowStore
-from orchestrator.errors import BadImageError, UserError
+from orchestrator.errors import UserError
 from workloads.config import DataConfig
 from workloads.method import MEAN, STD, normalize
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MEAN", "STD", "PreparedData", "normalize", "prepare", "to_tensor_images"]
-# A UserError's line in a remote traceback, e.g. "orchestrator.errors.BadImageError: unreadable image ...".
-_REMOTE_USER_ERROR = re.compile(r"^orchestrator\.errors\.(?P<cls>BadImageError|UserError): (?P<msg>.+)$", re.MULTILINE)
 # Bytes of a decoded image relative to its centre square: photos are mostly 4:3 or 3:4.
 _WHOLE_IMAGE_AREA = 4 / 3
 
@@ -101,34 +105,6 @@ def _resize_square(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-# --- class-balanced samples and splits ---------------------------------------------------------------
-
-
-def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the labelled rows (label >= 0) dealt class by class, each class in random order:
-    every prefix is as class-balanced as the classes' sizes allow (a kNN bank or query set from a
-    class-sorted source holds every class)."""
-    labelled = np.flatnonzero(labels >= 0)
-    shuffled = labelled[rng.permutation(len(labelled))]
-    order = np.argsort(labels[shuffled], kind="stable")  # grouped by class, random within
-    grouped = shuffled[order]
-    classes, starts = np.unique(labels[grouped], return_index=True)
-    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.append(starts, len(grouped))))
-    class_slot = rng.permutation(len(classes))[np.searchsorted(classes, labels[grouped])]
-    return grouped[np.lexsort((class_slot, rank))]
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of held-out rows: ``fraction`` of each class (at least one image overall)."""
-    held = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels[labels >= 0]):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        held[members[:round(fraction * len(members))]] = True
-    if not held.any() and (labels >= 0).any():
-        held[rng.choice(np.flatnonzero(labels >= 0))] = True
-    return held
-
-
 # --- in-memory sources -------------------------------------------------------------------------------
 
 
@@ -174,42 +150,6 @@ def _prepare_arrays(cfg: DataConfig, src: sources.ArraySource, size: int, seed: 
 # --- file sources ------------------------------------------------------------------------------------
 
 
-def _decode_batch(batch: dict[str, np.ndarray], size: int, policy: str, data_col: str, name_col: str,
-                  center_square: bool) -> dict[str, np.ndarray]:
-    """Decode encoded bytes to uint8 (H, W, 3) images; rows that fail are dropped (skip) or raise (fail).
-
-    Whole images differ in shape, so the column is ragged (Ray's variable-shaped tensor column);
-    centre squares are one (B, S, S, 3) array.
-    """
-    names = batch[name_col] if name_col in batch else [f"row {i}" for i in range(len(batch[data_col]))]
-    kept: list[int] = []
-    images: list[np.ndarray] = []
-    for i, (data, name) in enumerate(zip(batch[data_col], names, strict=True)):
-        img = sources.decode_or_none(data, size, str(name), policy, center_square)
-        if img is not None:
-            kept.append(i)
-            images.append(img)
-    out = {k: np.asarray(v)[kept] for k, v in batch.items() if k not in (data_col, name_col)}
-    if not images:
-        out["image"] = np.zeros((0, size, size, 3), np.uint8)
-    elif all(img.shape == images[0].shape for img in images):
-        out["image"] = np.stack(images)
-    else:
-        ragged = np.empty(len(images), dtype=object)
-        ragged[:] = images
-        out["image"] = ragged
-    return out
-
-
-def _decoded(raw: ray.data.Dataset, cfg: DataConfig, size: int, name_col: str, center_square: bool
-             ) -> ray.data.Dataset:
-    return raw.map_batches(
-        partial(_decode_batch, size=size, policy=cfg.bad_images, data_col="bytes", name_col=name_col,
-                center_square=center_square),
-        batch_size=64,
-    )
-
-
 @ray.remote(num_cpus=0.1)
 def _rows_of(table: pa.Table, column: str) -> np.ndarray:
     """A block's ``column`` (its row ids), read where the block is."""
@@ -234,55 +174,6 @@ def _fits(cfg: DataConfig, num_rows: int, size: int, budget: float | None) -> bo
     return cfg.cache_decoded and fits
 
 
-def _labelled_listing(listing: sources.FileListing, field: str, classes: list[str]) -> np.ndarray:
-    """An evaluation folder's labels in the training classes' numbering (matched by folder name)."""
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(listing.classes) - set(index))
-    if unknown:
-        raise UserError(f"{field}: class folders {unknown[:5]} are not among the training classes "
-                        f"({', '.join(classes[:5])}, ...); use an evaluation tree with the same class folders")
-    return np.asarray([index[listing.classes[i]] for i in listing.labels], dtype=np.int64)
-
-
-def _read_labelled(paths: list[str], labels: np.ndarray, fs: pafs.FileSystem, cfg: DataConfig, size: int
-                   ) -> ray.data.Dataset:
-    """Decoded centre squares of ``paths`` with their labels, materialised (a bad file fails here)."""
-    label_of = dict(zip(paths, labels.tolist(), strict=True))
-    raw = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
-        lambda b: {"bytes": b["bytes"], "path": b["path"],
-                   "label": np.asarray([label_of[p] for p in b["path"]], dtype=np.int64)})
-    return _materialize(_decoded(raw, cfg, size, "path", center_square=True))
-
-
-def _eval_sets(cfg: DataConfig, size: int, seed: int, train: tuple[list[str], np.ndarray, pafs.FileSystem],
-               test: tuple[list[str], np.ndarray, pafs.FileSystem] | None
-               ) -> tuple[ray.data.Dataset | None, ray.data.Dataset | None]:
-    """The kNN bank (a balanced sample of the labelled training files) and its queries (of ``test``);
-    with unlabelled training files, both come from ``test`` (data.eval_root), split in two."""
-    if test is None:
-        return None, None
-    rng = np.random.default_rng(seed)
-    (paths, labels, fs), (t_paths, t_labels, t_fs) = train, test
-    if not (labels >= 0).any():  # unlabelled pretraining images: bank and queries from the eval tree
-        order = balanced_order(t_labels, rng)
-        half = len(order) // 2
-        paths, labels, fs = [t_paths[i] for i in order[:half]], t_labels[order[:half]], t_fs
-        t_paths, t_labels = [t_paths[i] for i in order[half:]], t_labels[order[half:]]
-    bank = balanced_order(labels, rng)[:cfg.eval_bank_size]
-    queries = balanced_order(t_labels, rng)[:cfg.eval_test_size]
-    if len(bank) == 0 or len(queries) == 0:
-        return None, None
-    return (_read_labelled([paths[i] for i in bank], labels[bank], fs, cfg, size),
-            _read_labelled([t_paths[i] for i in queries], t_labels[queries], t_fs, cfg, size))
-
-
-def _eval_root(cfg: DataConfig, classes: list[str]) -> tuple[list[str], np.ndarray, pafs.FileSystem]:
-    listing = sources.list_image_folder(cfg.eval_root, field="data.eval_root")
-    if not classes:  # unlabelled training images: the evaluation tree's own classes
-        return listing.paths, np.asarray(listing.labels, dtype=np.int64), listing.filesystem
-    return listing.paths, _labelled_listing(listing, "data.eval_root", classes), listing.filesystem
-
-
 def _prepare_listing(cfg: DataConfig, size: int, seed: int, budget: float | None, with_train: bool
                      ) -> PreparedData:
     """ImageFolder trees and image files: split and sample on the file listing, decode once."""
@@ -291,10 +182,10 @@ def _prepare_listing(cfg: DataConfig, size: int, seed: int, budget: float | None
     fs = listing.filesystem
     paths, labels = listing.paths, np.asarray(listing.labels, dtype=np.int64)
     row_ids = np.arange(len(paths))
-    test: tuple[list[str], np.ndarray, pafs.FileSystem] | None = None
+    test: Files | None = None
     num_classes = len(listing.classes)
     if cfg.eval_root:
-        test = _eval_root(cfg, listing.classes)
+        test = eval_root_files(cfg, listing.classes)
         num_classes = num_classes or int(test[1].max()) + 1
     elif num_classes and cfg.holdout_fraction > 0:
         held = stratified_holdout(labels, cfg.holdout_fraction, np.random.default_rng(seed))
@@ -303,7 +194,7 @@ def _prepare_listing(cfg: DataConfig, size: int, seed: int, budget: float | None
     store, bad = None, 0
     if with_train:
         store, bad = _listing_store(cfg, size, budget, paths, labels, row_ids, fs)
-    bank, queries = _eval_sets(cfg, size, seed, (paths, labels, fs), test)
+    bank, queries = eval_sets(cfg, size, seed, (paths, labels, fs), test)
     return PreparedData(store, bank, queries, store.num_rows if store else len(paths),
                         num_classes if bank is not None else 0, bad)
 
@@ -321,7 +212,7 @@ def _listing_store(cfg: DataConfig, size: int, budget: float | None, paths: list
         lambda b: {"bytes": b["bytes"], "path": b["path"],
                    "row_id": np.asarray([row_of[p][0] for p in b["path"]], dtype=np.int64),
                    "label": np.asarray([row_of[p][1] for p in b["path"]], dtype=np.int64)})
-    decoded = _materialize(_decoded(raw, cfg, size, "path", cfg.center_square))
+    decoded = materialize(decode_stage(raw, cfg, size, "path", cfg.center_square))
     store = _block_store(decoded, encoded=False, policy=cfg.bad_images, ids_column="row_id")
     bad = len(paths) - store.num_rows
     if bad:
@@ -361,23 +252,23 @@ def _prepare_parquet(cfg: DataConfig, size: int, seed: int, budget: float | None
         train_raw, test_raw = train_raw.materialize(), test_raw.materialize()
     bank = queries = None
     if cfg.eval_root:
-        paths, labels, fs = _eval_root(cfg, [])  # Parquet labels are numbers: class folder i is label i
+        paths, labels, fs = eval_root_files(cfg, [])  # Parquet labels are numbers: class folder i is label i
         rng = np.random.default_rng(seed)
         pick = balanced_order(labels, rng)[:cfg.eval_test_size]
-        queries = _read_labelled([paths[i] for i in pick], labels[pick], fs, cfg, size)
+        queries = read_labelled([paths[i] for i in pick], labels[pick], fs, cfg, size)
         num_classes = max(num_classes, int(labels.max()) + 1)
     elif test_raw is not None:
-        queries = _materialize(_decoded(test_raw.limit(cfg.eval_test_size), cfg, size, "row", True))
+        queries = materialize(decode_stage(test_raw.limit(cfg.eval_test_size), cfg, size, "row", True))
     if num_classes and queries is not None:
         fraction = min(1.0, 2.0 * cfg.eval_bank_size / max(1, num_listed))
         sample = train_raw.filter(lambda r: r["label"] >= 0).random_sample(fraction, seed=seed)
-        bank = _materialize(_decoded(sample.limit(cfg.eval_bank_size), cfg, size, "row", True))
+        bank = materialize(decode_stage(sample.limit(cfg.eval_bank_size), cfg, size, "row", True))
     else:
         num_classes = 0
     if not with_train:
         return PreparedData(None, bank, queries, train_raw.count(), num_classes, 0)
     if _fits(cfg, num_listed, size, budget):
-        decoded = _materialize(_decoded(train_raw, cfg, size, "row", cfg.center_square))
+        decoded = materialize(decode_stage(train_raw, cfg, size, "row", cfg.center_square))
         store = _block_store(decoded, encoded=False, policy=cfg.bad_images)
         bad = train_raw.count() - store.num_rows
     else:  # encoded bytes in the object store (spilled to disk by Ray if need be); decoded each epoch
@@ -388,41 +279,6 @@ def _prepare_parquet(cfg: DataConfig, size: int, seed: int, budget: float | None
     if store.num_rows < 2:
         raise UserError(f"data: only {store.num_rows} readable images in {cfg.uri!r}; need at least 2")
     return PreparedData(store, bank, queries, store.num_rows, num_classes, bad)
-
-
-def _materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
-    """Run the decode now, so a bad file under the fail policy stops the run before training."""
-    try:
-        return ds.materialize()
-    except Exception as err:
-        cause = _find_user_error(err)
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def _find_user_error(err: BaseException | None) -> UserError | None:
-    """The UserError behind a failed Ray Data run, as a one-line error of its own class.
-
-    Ray Data raises ``RayTaskError(UserCodeException)`` for a failing UDF; its ``cause`` chain ends
-    at a ``UserCodeException`` without the original exception, which survives only as a line of the
-    remote traceback text (``orchestrator.errors.BadImageError: unreadable image ...``). A plain
-    ``RayTaskError(BadImageError)`` is itself a UserError but prints the whole traceback, so the
-    walk prefers its ``cause``, the original exception.
-    """
-    texts: list[str] = []
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, UserError) and not isinstance(err, RayError):
-            return err
-        texts.append(str(err))
-        err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
-    for text in texts:
-        match = _REMOTE_USER_ERROR.search(text)
-        if match:
-            cls = BadImageError if match["cls"] == "BadImageError" else UserError
-            return cls(match["msg"].strip())
-    return None
 
 
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:

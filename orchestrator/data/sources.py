@@ -294,15 +294,21 @@ def decode_image(data: bytes, size: int, center_square: bool = False) -> np.ndar
     anything PIL cannot read.
     """
     with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size  # from the header: the target size is known before decoding
+        scale = size / min(w, h)
+        if not center_square:
+            scale = min(scale, MAX_ASPECT * size / max(w, h))
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        if center_square:
+            nw, nh = max(size, nw), max(size, nh)
+        if img.format == "JPEG" and (w >= 2 * nw and h >= 2 * nh):
+            # JPEG DCT scaling (issue 15): libjpeg decodes at 1/2, 1/4 or 1/8 size, the largest
+            # reduction still at least (nw, nh) on both sides, for a fraction of a full decode;
+            # the resize below then gives the same size, whole image, as from the full decode.
+            img.draft("RGB", (nw, nh))
         img.load()  # truncated files fail here, not later
         rgb = img.convert("RGB")
     w, h = rgb.size
-    scale = size / min(w, h)
-    if not center_square:
-        scale = min(scale, MAX_ASPECT * size / max(w, h))
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if center_square:
-        nw, nh = max(size, nw), max(size, nh)
     if (nw, nh) != (w, h):
         rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
     if not center_square:

@@ -33,7 +33,6 @@ class TrialSummary:
     error: str = ""
 
 
-
 @dataclass
 class SweepOutcome:
     name: str
@@ -57,15 +56,12 @@ class SweepOutcome:
         return data
 
 
-
 def first_error(outcome: SweepOutcome) -> str:
     return next((t.error for t in outcome.trials if t.error), "no trial ran")
 
 
-
 def load_trials(spec: SweepSpec) -> list[Any]:
     return list(tune.ExperimentAnalysis(spec.path).trials)
-
 
 
 def _trial_error(trial: Any) -> str:
@@ -74,7 +70,6 @@ def _trial_error(trial: Any) -> str:
     except Exception:  # the error file is gone or unreadable
         err = None
     return failure_message(err) if err is not None else "trial failed"
-
 
 
 def summarise(spec: SweepSpec, trials: Sequence[Any]) -> SweepOutcome:
@@ -104,7 +99,6 @@ def summarise(spec: SweepSpec, trials: Sequence[Any]) -> SweepOutcome:
     return outcome
 
 
-
 def best_trial(trials: Sequence[TrialSummary], metric: str, mode: str) -> TrialSummary | None:
     """Best last-reported metric among completed trials; trials stopped early only if none completed."""
     for pool in (("completed",), ("completed", "stopped_early")):
@@ -115,7 +109,6 @@ def best_trial(trials: Sequence[TrialSummary], metric: str, mode: str) -> TrialS
     return None
 
 
-
 def train_command(base_yaml: str, params: Mapping[str, Any]) -> str:
     """``simclr train --config <sweep>/base_config.yaml --set k=v ...``: the best trial, reproducible."""
     parts = ["simclr", "train", "--config", base_yaml]
@@ -123,7 +116,6 @@ def train_command(base_yaml: str, params: Mapping[str, Any]) -> str:
         shown = json.dumps(value) if isinstance(value, list) else (repr(value) if isinstance(value, float) else value)
         parts += ["--set", f"{key}={shown}"]
     return " ".join(shlex.quote(p) for p in parts)
-
 
 
 def results_rows(outcome: SweepOutcome, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -138,7 +130,6 @@ def results_rows(outcome: SweepOutcome, keys: Sequence[str]) -> list[dict[str, A
     return rows
 
 
-
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "(no trials)\n"
@@ -150,7 +141,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
 
 
 def report_parent(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:

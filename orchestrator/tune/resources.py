@@ -19,7 +19,6 @@ TRIAL_CPU = 0.1  # the function trainable's own reservation (Tune refuses 0)
 MIN_CPUS_PER_WORKER = 0.1
 
 
-
 @dataclass(frozen=True)
 class TrialResources:
     """What every trial reserves and how many trials run at once."""
@@ -34,11 +33,9 @@ class TrialResources:
         return TRIAL_CPU + self.workers * self.cpus_per_worker
 
 
-
 def data_reserve(cpus: float) -> float:
     """CPUs kept free for Ray Data's tasks: the rule of ``orchestrator.train.cpus_per_worker``."""
     return min(max(1.0, 0.25 * cpus), cpus / 2)
-
 
 
 def plan_resources(train_cfg: TrainConfig, cpus: float, gpus: float, max_concurrent: int = 0,
@@ -90,7 +87,6 @@ def plan_resources(train_cfg: TrainConfig, cpus: float, gpus: float, max_concurr
         raise UserError(f"train.cpus_per_worker={cpw:g} is more than the largest node's {largest_node_cpus:g} CPUs; "
                         f"lower it (0 derives it)")
     return TrialResources(w, cpw, 1.0 if train_cfg.use_gpu else 0.0, k)
-
 
 
 def cluster_plan(train_cfg: TrainConfig, max_concurrent: int) -> TrialResources:

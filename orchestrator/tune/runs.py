@@ -35,7 +35,6 @@ def start_parent(client: Any, spec: SweepSpec) -> str:
     return run_id
 
 
-
 def child_runs(client: Any, spec: SweepSpec) -> list[Any]:
     query = f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}'"
     runs: list[Any] = []
@@ -48,13 +47,11 @@ def child_runs(client: Any, spec: SweepSpec) -> list[Any]:
             return runs
 
 
-
 def end_orphans(client: Any, spec: SweepSpec, status: str, reason: str) -> None:
     """End every child run still RUNNING (its trial process is gone)."""
     for run in child_runs(client, spec):
         if run.info.status == "RUNNING":
             tracking.end_run(client, run.info.run_id, status, reason)
-
 
 
 def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:

@@ -19,13 +19,11 @@ FIXED_KEYS = ("train.name", "train.storage_path", "train.workers", "train.cpus_p
               "train.epochs", "tracking.uri", "tracking.experiment")
 
 
-
 KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
 
 _EXPR = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.DOTALL)
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,8 @@ class Dimension:
         return all(isinstance(a, int | float) and not isinstance(a, bool) for a in self.args)
 
 
-
 def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | str) else repr(value)
-
 
 
 def _number(value: Any) -> Any:
@@ -75,7 +71,6 @@ def _number(value: Any) -> Any:
         text = value.strip()
         return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
     return value
-
 
 
 def parse_dimension(key: str, expr: str, flag: str = "--search") -> Dimension:
@@ -113,7 +108,6 @@ def parse_dimension(key: str, expr: str, flag: str = "--search") -> Dimension:
     return Dimension(key, kind, args)
 
 
-
 def parse_search(texts: Sequence[str], flag: str = "--search") -> dict[str, Dimension]:
     """``["loss.temperature=loguniform(0.05,1.0)", ...]`` -> {key: Dimension}; a later key wins."""
     dims: dict[str, Dimension] = {}
@@ -124,7 +118,6 @@ def parse_search(texts: Sequence[str], flag: str = "--search") -> dict[str, Dime
                               f"e.g. {flag} loss.temperature=loguniform(0.05,1.0)")
         dims[key.strip()] = parse_dimension(key, expr, flag)
     return dims
-
 
 
 def search_from_yaml(section: Any) -> list[str]:
@@ -140,7 +133,6 @@ def search_from_yaml(section: Any) -> list[str]:
         else:
             texts.append(f"{key}={value}")
     return texts
-
 
 
 def validate_space(cfg: Config, dims: Mapping[str, Dimension], search_alg: str) -> None:
@@ -167,7 +159,6 @@ def validate_space(cfg: Config, dims: Mapping[str, Dimension], search_alg: str) 
         if search_alg == "grid" and dim.kind not in ("grid", "choice"):
             raise ConfigError(f"--search {key}={dim.expr}: --search-alg grid needs grid(...) or choice(...) "
                               f"values; use --search-alg random to sample {dim.kind}")
-
 
 
 def param_space(dims: Mapping[str, Dimension], search_alg: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ SPEC_FILE = "simclr_sweep.json"  # in the Tune experiment folder: what --resume 
 BASE_CONFIG_FILE = "base_config.yaml"  # beside it: the config every trial starts from, for `simclr train --config`
 
 
-
 @dataclass
 class SweepSpec:
     """Everything needed to start, resume and report a sweep; saved as JSON in its Tune folder."""
@@ -57,15 +56,12 @@ class SweepSpec:
         return int(self.base["train"]["epochs"])
 
 
-
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
 
 
-
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else "file://" + os.path.abspath(path))
-
 
 
 def save_spec(spec: SweepSpec) -> None:
@@ -76,7 +72,6 @@ def save_spec(spec: SweepSpec) -> None:
         f.write(json.dumps(asdict(spec), indent=1, sort_keys=True).encode())
     with fs.open_output_stream(f"{base}/{BASE_CONFIG_FILE}") as f:
         f.write(yaml.safe_dump(spec.user_base, sort_keys=False).encode())
-
 
 
 def load_spec(path: str) -> SweepSpec | None:

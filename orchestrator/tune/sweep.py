@@ -32,11 +32,12 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator import tracking
+from orchestrator import console, tracking
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.train.driver import failure_message, storage_path
 from orchestrator.train.session import RayOptions, ray_session, start_local_ray
+from orchestrator.tune import progress
 from orchestrator.tune.report import SweepOutcome, first_error, load_trials, report_parent, summarise
 from orchestrator.tune.resources import cluster_plan
 from orchestrator.tune.runs import end_orphans, fix_child_runs, start_parent
@@ -66,7 +67,6 @@ def data_has_labels(data: DataConfig) -> bool:
     return False
 
 
-
 @dataclass
 class TuneOptions:
     """The sweep's own settings (the trials' training settings are the Config)."""
@@ -82,10 +82,8 @@ class TuneOptions:
     max_concurrent: int = 0  # 0 -> derived from the cluster
 
 
-
 def generated_name(cfg: Config) -> str:
     return f"tune-{cfg.method}-{cfg.data.source}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
 
 
 def _absolute(cfg: Config) -> Config:
@@ -100,13 +98,11 @@ def _absolute(cfg: Config) -> Config:
     return cfg.replace(over)
 
 
-
 def metric_and_mode(cfg: Config, opts: TuneOptions) -> tuple[str, str]:
     """``--metric``/``--mode``, else knn_top1 (max) when runs evaluate on labels, else loss (min)."""
     metric = opts.metric or ("knn_top1" if data_has_labels(cfg.data) else "loss")
     mode = opts.mode or ("max" if metric.endswith(("top1", "acc", "accuracy")) else "min")
     return metric, mode
-
 
 
 def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = ()) -> dict[str, Dimension]:
@@ -146,16 +142,13 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
     return dims
 
 
-
 def start_ray_for_tune(num_cpus: int = 0, object_store_mb: int = 0) -> None:
     """A local Ray with its dashboard, which Train V2's placement-group cleanup needs (see start_local_ray)."""
     start_local_ray(num_cpus, object_store_mb, dashboard=True)
 
 
-
 def tune_session(opts: RayOptions) -> AbstractContextManager[None]:
     return ray_session(opts, dashboard=True)
-
 
 
 def _check_dashboard(scheduler: str) -> None:
@@ -172,10 +165,10 @@ def _check_dashboard(scheduler: str) -> None:
                         "trials); start Ray with the dashboard (ray[default]) or use --scheduler none")
 
 
-
 def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None,
-              file_search: Sequence[str] = ()) -> SweepOutcome:
-    """Start a new sweep (validated up front), run it to the end and return its outcome."""
+              file_search: Sequence[str] = (), quiet: bool = False) -> SweepOutcome:
+    """Start a new sweep (validated up front), run it to the end and return its outcome.
+    ``quiet``: Ray's output goes to the sweep's log file, the terminal shows orchestrator/tune/progress.py's lines."""
     dims = prepare_sweep(cfg, opts, file_search)
     name = cfg.train.name or generated_name(cfg)
     user_base = _absolute(cfg.replace({"train.name": ""}))
@@ -188,7 +181,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
     uri = user_base.tracking.uri
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
-    with tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
         sigterm_as_sigint()  # SIGTERM: Tune's graceful Ctrl-C stop
         _check_dashboard(opts.scheduler)
         plan = cluster_plan(cfg.train, opts.max_concurrent)
@@ -200,24 +193,28 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
             num_samples=opts.num_samples, metric=metric, mode=mode, grace_period=opts.grace_period,
             reduction_factor=opts.reduction_factor, resources=asdict(plan), tracking_uri=uri, experiment_id=exp_id)
         spec.parent_run_id = start_parent(client, spec)
+        console.current().say(progress.header(spec))
 
         def new_tuner() -> tune.Tuner:
             save_spec(spec)
             return tune.Tuner(
-                make_trainable(spec),
+                make_trainable(spec, quiet),
                 param_space=param_space(dims, opts.search_alg),
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
                     search_alg=build_search_alg(spec), trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(name=name, storage_path=storage,
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[progress.TrialLines(name, spec.epochs, list(dims), metric)]),
             )
 
-        return _fit_and_report(new_tuner, spec, client)
+        try:
+            return _fit_and_report(new_tuner, spec, client)
+        finally:
+            progress.log_to_parent(client, spec)
 
 
-
-def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) -> SweepOutcome:
+def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, quiet: bool = False) -> SweepOutcome:
     """Go on with an interrupted sweep: unfinished and errored trials run again, into the same MLflow runs."""
     path = join(storage, name)
     spec = load_spec(path)
@@ -225,20 +222,23 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None) ->
         raise UserError(f"--resume {name}: no sweep to resume in {path} (set train.storage_path to the sweep's "
                         f"storage folder)")
     client = tracking.client_for(spec.tracking_uri)
-    with tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
         sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
         cluster_plan(Config.from_dict(spec.base).train, int(spec.resources["max_concurrent"]))
         tracking.reopen_run(client, spec.parent_run_id)
+        console.current().say("resuming " + progress.header(spec))
 
         def restored_tuner() -> tune.Tuner:
             end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-            return tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
+            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet), resume_unfinished=True,
                                       restart_errored=True)
 
-        return _fit_and_report(restored_tuner, spec, client)
-
+        try:
+            return _fit_and_report(restored_tuner, spec, client)
+        finally:
+            progress.log_to_parent(client, spec)
 
 
 def _fit_and_report(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, client: Any) -> SweepOutcome:

@@ -9,7 +9,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from orchestrator.train.driver import train
+from orchestrator.train.driver import quiet_ray_data, train
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
 from workloads.config import Config
@@ -19,7 +19,6 @@ def trial_run_name(sweep: str, trial_id: str) -> str:
     return f"{sweep}-{trial_id}"
 
 
-
 def plain(value: Any) -> Any:
     """numpy scalars from Tune's samplers -> Python (Config takes int, float, str, bool, lists)."""
     if hasattr(value, "item") and not isinstance(value, list | tuple | dict):
@@ -27,7 +26,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
-
 
 
 # The function's name is the trainable's registered name in Tune's saved experiment state: renaming it breaks
@@ -44,16 +42,16 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     values = {k: plain(v) for k, v in config.items()}
     cfg = Config.from_dict(spec["base"]).replace(
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
+    if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
+        quiet_ray_data()
     train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()])
 
 
-
-def make_trainable(spec: SweepSpec) -> Any:
+def make_trainable(spec: SweepSpec, quiet: bool = False) -> Any:
     """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match)."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
-               "trials_storage": spec.trials_storage}
+               "trials_storage": spec.trials_storage, "quiet": quiet}
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
-
 
 
 class LastEpochASHA(ASHAScheduler):
@@ -76,17 +74,14 @@ class LastEpochASHA(ASHAScheduler):
         return action
 
 
-
 def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
-
 
 
 def build_scheduler(spec: SweepSpec) -> TrialScheduler:
     if spec.scheduler == "asha":
         return LastEpochASHA(spec.epochs, spec.grace_period, spec.reduction_factor)
     return FIFOScheduler()
-
 
 
 def build_search_alg(spec: SweepSpec) -> Any:

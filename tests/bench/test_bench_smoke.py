@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-FAST = ("augment", "loss", "scaling")
+FAST = ("augment", "loss", "scaling", "jpeg_views", "gpu")
 TIMEOUT_S = 600
 
 
@@ -73,6 +73,40 @@ def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str,
             assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
         assert r["ratio_ours_over_torchvision"] == pytest.approx(
             r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
+
+
+def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str, dict[str, Any]]) -> None:
+    out = outputs["jpeg_views"]
+    assert out["settings"]["photos_shorter_side"] == [375, 768] and out["settings"]["output_size"] == 224
+    for d in out["decode"]:
+        assert len(d["images_per_s"]) == 3 and all(_positive(v) for v in d["images_per_s"].values())
+    assert {r["blur"] for r in out["results"]} == {True, False}
+    for r in out["results"]:
+        for side in ("ours", "ours_crop_stage_only", "torchvision"):
+            assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
+        assert r["ratio_ours_over_torchvision"] == pytest.approx(
+            r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
+
+
+def test_gpu_runs_every_part_on_the_cpu_and_marks_gpu_only_parts_skipped(
+        outputs: dict[str, dict[str, Any]]) -> None:
+    """bench/gpu.py without CUDA: the same functions at tiny sizes; compile rows skipped with a reason."""
+    out = outputs["gpu"]
+    if out["settings"]["device"] != "cpu":
+        pytest.skip("a GPU is present: the smoke test checks the CPU path")
+    names = {r["case"]["name"] for r in out["model_only"]}
+    assert {"resnet18 32px bf16", "resnet18 32px fp32", "resnet50 32px bf16", "resnet50 32px fp32"} <= names
+    assert all(_positive(r["images_per_s"]) and math.isfinite(r["loss"]) for r in out["model_only"])
+    assert {s["what"] for s in out["skipped"]} == {"resnet18 32px bf16 compile", "resnet50 32px bf16 compile"}
+    assert _positive(out["model_only_limit_images_per_s"]) and out["notes"]
+    assert [a["blur"] for a in out["device_augment"]] == [True, False]
+    assert all(_positive(a["images_per_s_two_views"]) for a in out["device_augment"])
+    assert math.isfinite(out["ntxent_bf16_vs_fp32"]["abs_diff"])
+    assert {r["augment"] for r in out["end_to_end"]} == {"cpu", "device"}
+    for r in out["end_to_end"]:
+        assert _positive(r["images_per_s"]) and 0.0 <= r["data_wait_frac"] <= 1.0
+        assert r["ratio_to_model_only"] == pytest.approx(r["images_per_s"] / out["model_only_limit_images_per_s"])
+    assert out["settings"]["photos"] in ("scikit-learn sample photos", "synthetic textures (no scikit-learn)")
 
 
 def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]]) -> None:

@@ -22,6 +22,14 @@ def test_submit_train_succeeds_on_two_nodes_and_logs_each_epoch_to_mlflow(
     assert job_id.startswith("raysubmit_"), proc.stdout
     assert f"job {job_id} SUCCEEDED" in proc.stderr
     assert "epoch 2/2 done" in proc.stderr  # the followed logs reached the client
+    # The job's driver has no terminal: what it prints (and the client streams) is our header and epoch
+    # lines; Ray's own output (the connection, Ray Data, the workers' logs) went to the run's log file.
+    streamed = proc.stderr.splitlines()
+    assert "epoch 1/2 done" in proc.stderr and "  Ray's output: " in proc.stderr
+    # (left: Ray's job supervisor's two lines and the Jobs SDK's "WebSocket closed" line)
+    for noise in ("Connecting to existing Ray cluster", "RayTrainWorker", "(pid=", "Running Dataset"):
+        assert noise not in proc.stderr, proc.stderr
+    assert len(streamed) < 40, proc.stderr
     assert ray_cluster.token not in proc.stdout + proc.stderr
 
     run = find_run(uri, "e2e")

@@ -357,6 +357,40 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     assert steps == list(range(1, epoch + 2))
 
 
+def test_sigterm_to_a_sweep_exits_143_ends_every_run_and_stops_ray(tmp_path: Path) -> None:
+    """SIGTERM to ``simclr tune`` (forwarded to Tune's graceful Ctrl-C stop): exit 143 without a
+    traceback, the parent run and the trials' child runs KILLED or FINISHED (none RUNNING), Ray stopped."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "tune", *tiny_sets(), "--set", "train.workers=1",
+           "--set", "eval.linear_probe_epochs=0", "--epochs", "30", "--name", "st", "--tracking-uri", uri,
+           "--set", f"train.storage_path={tmp_path}/runs", "--search", "loss.temperature=grid(0.1,0.2)",
+           "--num-samples", "1", "--scheduler", "none", "--max-concurrent", "2",
+           "--num-cpus", "2", "--object-store-mb", "300"]
+    run = Watched(cmd, tmp_path, clean_env())
+    try:
+        run.wait_for(" epoch 1/30: ")  # a trial reported its first epoch to Tune
+        ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
+        assert ray_procs
+        os.kill(run.proc.pid, signal.SIGTERM)
+        code, out, err = run.finish(timeout=300)
+    finally:
+        run.kill()
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err + out
+    assert "interrupted: resume with  simclr tune --resume st" in out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("simclr").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("simclr.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED"
+    assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children), \
+        [(r.info.run_name, r.info.status) for r in children]
+    deadline = time.time() + 30
+    while any(alive(p) for p in ray_procs) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(alive(p) for p in ray_procs), "Ray processes left running"
+
+
 def test_sigterm_to_simclr_ui_stops_its_whole_server(tmp_path: Path) -> None:
     MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("simclr")
     port = free_port()

@@ -13,6 +13,7 @@ import mlflow.pytorch
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from photos import image_folder
 from simclr_testing import RAY, tiny_sets
 
 from orchestrator.errors import UserError
@@ -37,8 +38,13 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 
 
 def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
+    """Users' data: a class-sorted ImageFolder of JPEG photos, the kNN monitor from a separate labelled
+    tree (data.eval_root, nothing held out), 2 DDP workers."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), "--workers", "2", "--name", "e2e",
+    train_dir, val_dir = image_folder(tmp_path / "train", 8, 32), image_folder(tmp_path / "val", 8, 5, seed=1)
+    photos = ["--set", "data.source=imagefolder", "--set", f"data.root={train_dir}",
+              "--set", f"data.eval_root={val_dir}", "--set", "data.holdout_fraction=0", "--set", "data.decode_size=20"]
+    cmd = [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), *photos, "--workers", "2", "--name", "e2e",
            "--tracking-uri", uri, "--set", f"train.storage_path={tmp_path}/runs",
            "--num-cpus", "2", "--object-store-mb", "300", "--json"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -65,7 +71,8 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     # params: the whole resolved config, flattened
     params = run.data.params
     assert set(Config().to_flat_dict()) <= set(params)
-    assert params["train.workers"] == "2" and params["data.source"] == "synthetic"
+    assert params["train.workers"] == "2" and params["data.source"] == "imagefolder"
+    assert params["dataset.num_train"] == "256" and params["dataset.num_classes"] == "8"
     # per-epoch metrics, kNN also at initialisation (epoch 0), step loss every N steps
     for key in ("loss", "lr", "images_per_s", "data_wait_frac", "epoch_seconds"):
         assert steps(client, run.info.run_id, key) == [1, 2], key
@@ -84,7 +91,7 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     assert f"logs/{log.name}" in artifact_paths(client, run.info.run_id)
     # the dataset as an MLflow dataset input, and system metrics
     (used,) = run.inputs.dataset_inputs
-    assert used.dataset.name == "synthetic" and used.dataset.digest
+    assert used.dataset.name == "imagefolder" and used.dataset.digest
     assert json.loads(used.dataset.profile)["num_images"] == int(params["dataset.num_train"])
     assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
     assert client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import TrialScheduler
 
@@ -190,6 +192,44 @@ def test_best_trial_prefers_completed_trials() -> None:
     assert best is not None and best.trial_id == "b"
 
 
+def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    from orchestrator import console
+    from orchestrator.tune.progress import TrialLines
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(console, "_active", [console.Console(terminal, tty=False)])
+
+    lines = TrialLines("sw", 4, ["loss.temperature"], "knn_top1")
+    done, cut, bad = (SimpleNamespace(trial_id=i, config={"loss.temperature": t}, last_result={})
+                      for i, t in (("a_0", 0.1), ("b_1", 3.0), ("c_2", 0.5)))
+    bad.error_file = str(tmp_path / "error.txt")  # what Tune writes before calling on_trial_error
+    Path(bad.error_file).write_text("Failure # 1\nTraceback ...\nNonFiniteLossError: non-finite loss at epoch 1\n")
+    for trial in (done, cut, bad):
+        lines.on_trial_start(0, [], trial)
+    for epoch in (1, 2, 3, 4):
+        done.last_result = {"epoch": epoch, "loss": 4.0 - epoch / 10, "knn_top1": 0.5, "done": epoch == 4}
+        lines.on_trial_result(0, [], done, dict(done.last_result))
+    cut.last_result = {"epoch": 1, "loss": 4.14, "knn_top1": 0.1, "done": True}  # Tune: the scheduler said STOP
+    lines.on_trial_result(0, [], cut, dict(cut.last_result))
+    lines.on_trial_complete(0, [], cut)
+    lines.on_trial_complete(0, [], done)
+    lines.on_trial_error(0, [], bad)
+    assert terminal.getvalue().splitlines() == [
+        "trial sw-a_0 started: loss.temperature=0.1",
+        "trial sw-b_1 started: loss.temperature=3",
+        "trial sw-c_2 started: loss.temperature=0.5",
+        "trial sw-a_0 epoch 1/4: loss 3.9000 knn_top1 0.5000  (loss.temperature=0.1)",
+        "trial sw-a_0 epoch 2/4: loss 3.8000 knn_top1 0.5000  (loss.temperature=0.1)",
+        "trial sw-a_0 epoch 3/4: loss 3.7000 knn_top1 0.5000  (loss.temperature=0.1)",
+        "trial sw-a_0 epoch 4/4: loss 3.6000 knn_top1 0.5000  (loss.temperature=0.1)",
+        "trial sw-b_1 epoch 1/4: loss 4.1400 knn_top1 0.1000  (loss.temperature=3)",
+        "trial sw-b_1 stopped by ASHA after epoch 1/4",
+        "trial sw-a_0 finished epoch 4/4: loss 3.6000 knn_top1 0.5000",
+        "trial sw-c_2 failed: non-finite loss at epoch 1",
+    ]
+
+
 # --- a real sweep -------------------------------------------------------------------------------------------
 
 # 4 epochs of ~200 synthetic 16 px images, one worker per trial, two trials at a time on 2 CPUs.
@@ -211,28 +251,27 @@ FAILING = 1e-300
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One 4-trial ASHA sweep through the CLI (``--json``) on a local Ray of 2 CPUs."""
+    """One 4-trial ASHA sweep: ``simclr tune ... --json`` in a subprocess, on its own local Ray of 2 CPUs
+    (stdout: the JSON outcome; stderr: exactly what a person sees)."""
     tmp = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp}/mlflow.db"
     args = ["tune", "--name", "sw", "--epochs", "4", "--tracking-uri", uri,
             "--set", f"train.storage_path={tmp}/runs",
             "--search", f"loss.temperature=grid({','.join(repr(t) for t in TEMPERATURES)})", "--num-samples", "1",
             "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2", "--metric", "loss",
-            "--max-concurrent", "2", "--json"]
+            "--max-concurrent", "2", "--num-cpus", "2", "--object-store-mb", "300", "--json"]
     for key, value in SWEEP_SETS.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
-    ns = cli.build_parser().parse_args(args)
-    out = io.StringIO()
-    tune.start_ray_for_tune(num_cpus=2, object_store_mb=300)
-    try:
-        code = ns.func(ns, out)  # what `simclr tune ... --json` runs, printing its JSON on `out`
-    finally:
-        ray.shutdown()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.stdout.strip(), proc.stderr[-4000:]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("simclr")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id])
-    yield {"code": code, "out": json.loads(out.getvalue()), "runs": runs, "client": client}
+    yield {"code": proc.returncode, "out": json.loads(proc.stdout), "runs": runs, "client": client,
+           "stderr": proc.stderr, "logs": tmp / "runs" / "sw" / "logs"}
 
 
 def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_running(
@@ -291,3 +330,38 @@ def test_trial_that_raises_is_failed_with_its_error_and_the_others_finish(sweep:
     assert any(r.data.tags.get("simclr.complete") == "true" for r in others)
     assert sorted(t["status"] for t in out["trials"] if t is not failing_trial) in (
         ["completed", "stopped_early", "stopped_early"], ["completed", "completed", "stopped_early"])
+
+
+def test_sweep_console_has_a_header_and_a_line_per_trial_event_and_ray_output_goes_to_the_log(
+        sweep: dict[str, Any]) -> None:
+    out, err = sweep["out"], sweep["stderr"]
+    lines = err.splitlines()
+    assert len(lines) < 40, err
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("sweep sw: ")), len(lines))
+    assert all(" INFO mlflow." in ln for ln in lines[:start]), err  # MLflow may announce a new database
+    lines = lines[start:]
+    # the header: the sweep, its search space, the parent run, where Ray's output went
+    assert lines[0].startswith("sweep sw: 4 trial(s) of 4 epochs, random search, ASHA on loss"), err
+    assert lines[1] == "  search: loss.temperature=grid(0.1, 0.15, 1e-300, 3.0)"
+    assert lines[2].startswith(f"  MLflow parent run {out['parent_run_id']} at sqlite:")
+    (log,) = sweep["logs"].iterdir()
+    assert lines[3] == f"  Ray's output: {log}"
+    # then only trial lines: every event of every trial, and nothing of Ray's
+    events = lines[4:]
+    bad = [ln for ln in events if not re.match(r"trial sw-\S+ (started|epoch|finished|stopped by ASHA|failed)", ln)]
+    assert not bad, err
+    for trial in out["trials"]:
+        mine = [ln.split(" ", 2)[2] for ln in events if ln.split(" ", 2)[1] == trial["run_name"]]
+        assert mine[0].startswith("started: loss.temperature="), mine
+        epochs = [ln for ln in mine if ln.startswith("epoch ")]
+        end = {"completed": "finished epoch 4/4: loss ", "stopped_early": "stopped by ASHA after epoch ",
+               "failed": "failed: non-finite loss"}[trial["status"]]
+        assert mine[-1].startswith(end), mine
+        assert len(epochs) == int(trial["metrics"].get("epoch", 0)), mine
+        epoch_line = r"epoch \d/4: loss \d+\.\d{4}( knn_top1 \d\.\d{4})?  \(loss.temperature=\S+\)$"
+        assert all(re.match(epoch_line, ln) for ln in epochs), mine
+    # Ray's own output (Tune's status table, the trials' worker logs) is in the sweep's log file,
+    # which is also an artifact of the parent run
+    text = log.read_text()
+    assert "Trial status" in text and "epoch 1/4 done" in text and "trial sw-" in text
+    assert [a.path for a in sweep["client"].list_artifacts(out["parent_run_id"], "logs")] == [f"logs/{log.name}"]

@@ -24,6 +24,7 @@ from workloads.simclr.augment import (
     CONTRAST,
     HUE,
     SATURATION,
+    ColourParams,
     SimCLRAugment,
     adjust_brightness,
     adjust_contrast,
@@ -519,3 +520,87 @@ def test_statistics_comparison_detects_batch_shared_parameters(
                           colour_image)
     bad = distribution_mismatches(colour, reference_colour)
     assert {b.split(":")[0] for b in bad} >= {"brightness_ratio", "gray"}
+
+
+# ----------------------------------------------------------------------------- split into two stages (issue 15)
+
+SPLIT_RECIPE: dict[str, Any] = dict(strength=1.0, blur_p=0.5, blur_kernel_frac=0.3)
+
+
+def _ragged_photos(n: int) -> list[Tensor]:
+    """Whole images of three shapes, as a batch of decoded photos is."""
+    shapes = [(20, 30), (30, 20), (24, 24)]
+    g = torch.Generator().manual_seed(4)
+    return [torch.randint(0, 256, (3, *shapes[i % 3]), generator=g, dtype=torch.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["batch_generator", "ragged_rowrandom"])
+def test_call_is_the_crop_stage_then_the_colour_stage_bit_for_bit(ragged: bool) -> None:
+    aug = SimCLRAugment(16, **SPLIT_RECIPE)
+    images: Any = _ragged_photos(40) if ragged else random_images(40, 24)
+
+    def source() -> Any:
+        return RowRandom(row_keys(seed=1, epoch=2, row_ids=np.arange(40))) if ragged else \
+            torch.Generator().manual_seed(9)
+
+    fused = aug(images, source())
+    crops, colour = aug.crop_stage(images, source())
+    assert crops.dtype == torch.uint8 and crops.shape == (40, 3, 16, 16)
+    assert torch.equal(aug.colour(crops, colour), fused)
+    assert torch.equal(aug.colour(crops, colour, chunk_pixels=1), fused)  # chunking of the colour stage
+    assert torch.equal(aug.colour(crops, ColourParams.from_columns(colour.columns("v0_"), "v0_")), fused)
+
+
+def test_two_crop_stages_give_two_views_exactly() -> None:
+    aug = SimCLRAugment(16, **SPLIT_RECIPE)
+    images = _ragged_photos(12)
+    keys = row_keys(seed=3, epoch=0, row_ids=np.arange(12))
+    views = aug.two_views(images, RowRandom(keys))
+    stages = aug.two_crop_stages(images, RowRandom(keys))
+    for view, (crops, colour) in zip(views, stages, strict=True):
+        assert torch.equal(aug.colour(crops, colour), view)
+
+
+def test_colour_params_pack_into_small_numpy_columns() -> None:
+    aug = SimCLRAugment(16, **SPLIT_RECIPE)
+    colour = aug.sample_params(5, 20, 20, torch.Generator().manual_seed(0)).colour()
+    cols = colour.columns("view0_")
+    assert {k: (v.dtype, v.shape) for k, v in cols.items()} == {
+        "view0_flip": (np.dtype(bool), (5,)), "view0_jitter": (np.dtype(bool), (5,)),
+        "view0_order": (np.dtype(np.int8), (5, 4)), "view0_factors": (np.dtype(np.float32), (5, 4)),
+        "view0_gray": (np.dtype(bool), (5,)), "view0_blur": (np.dtype(bool), (5,)),
+        "view0_sigma": (np.dtype(np.float32), (5,)),
+    }
+    back = ColourParams.from_columns({k: torch.from_numpy(v) for k, v in cols.items()}, "view0_")
+    for name in ("flip", "jitter", "order", "factors", "gray", "blur", "sigma"):
+        assert torch.equal(getattr(back, name).long() if name == "order" else getattr(back, name),
+                           getattr(colour, name))
+
+
+def test_colour_stage_refuses_crops_of_another_size_or_count() -> None:
+    aug = SimCLRAugment(16)
+    colour = aug.sample_params(4, 20, 20, torch.Generator().manual_seed(0)).colour()
+    with pytest.raises(ValueError, match=r"crops must be 16 x 16"):
+        aug.colour(random_images(4, 20), colour)
+    with pytest.raises(ValueError, match=r"params hold 4 rows for 3 crops"):
+        aug.colour(random_images(3, 16), colour)
+    with pytest.raises(ValueError, match=r"uint8"):
+        aug.colour(random_images(4, 16).float(), colour)
+
+
+def test_split_path_statistics_match_per_image_torchvision(
+    geometry_batch: Tensor, colour_image: Tensor, reference_geometry: dict[str, np.ndarray],
+    reference_colour: dict[str, np.ndarray]
+) -> None:
+    """The split path, parameters through numpy columns as they would travel, against the
+    per-image torchvision recipe: crop/flip statistics and colour statistics."""
+    def split(images: Tensor, recipe: dict[str, Any], seed: int) -> Tensor:
+        aug = SimCLRAugment(**recipe)
+        keys = row_keys(seed=seed, epoch=0, row_ids=np.arange(len(images)))
+        crops, colour = aug.crop_stage(images, RowRandom(keys))
+        return aug.colour(crops, ColourParams.from_columns(colour.columns()))
+
+    geometry = geometry_stats(split(geometry_batch, GEOMETRY_RECIPE, 31), 32)
+    assert distribution_mismatches(geometry, reference_geometry) == []
+    colour = colour_stats(split(colour_image.expand(STATS_N, -1, -1, -1), COLOUR_RECIPE, 32), colour_image)
+    assert distribution_mismatches(colour, reference_colour) == []

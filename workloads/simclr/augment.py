@@ -7,6 +7,15 @@ weaker augmentation (see SIMCLR.md, "Per-sample random parameters matter"); a pe
 correct but slow. `SimCLRAugment` draws every parameter per image, as the per-image torchvision
 recipe does (`reference_augment`), and applies each op to the whole batch with tensor ops.
 
+A view is two stages (issue 15), so the colour half can run on the training device:
+- the crop stage (``SimCLRAugment.crop_stage``, CPU, next to decode): draws all of a view's
+  parameters per row and cuts each image's random resized crop to uint8 S x S;
+- the colour stage (``SimCLRAugment.colour``, any torch device): flip, colour jitter, grayscale and
+  blur of a whole uint8 batch, from the per-row ``ColourParams`` (packed as a few small numpy
+  columns by ``ColourParams.columns`` to travel with the crops).
+``SimCLRAugment.__call__`` is exactly the crop stage then the colour stage (the crop is rounded to
+uint8 values in both), so the statistics tests of the one cover the other.
+
 Pure PyTorch + torchvision; no Ray. Images go in and come out as uint8 so that the bytes moved
 between Ray Data workers and trainers stay 4x smaller than float32; normalisation happens later on
 the training device.
@@ -15,10 +24,11 @@ the training device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -244,6 +254,51 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 
 
 @dataclass(frozen=True)
+class ColourParams:
+    """The per-image parameters of a view's colour stage: everything but the crop box.
+
+    The colour stage (flip, colour jitter, grayscale, blur) runs on a uint8 crop of fixed size, so it
+    can run wherever the crops go, the training device included; these are what it needs besides
+    the crops. ``columns`` packs them into a few small numpy arrays (about 30 bytes a row) that
+    travel next to the crops, through Ray Data for instance; ``from_columns`` unpacks them.
+    """
+
+    flip: Tensor  # (N,) bool
+    jitter: Tensor  # (N,) bool: colour jitter applied at all
+    order: Tensor  # (N, 4) integer: jitter op index (BRIGHTNESS..HUE) at each position
+    factors: Tensor  # (N, 4) float32: brightness, contrast, saturation factors, hue shift
+    gray: Tensor  # (N,) bool
+    blur: Tensor  # (N,) bool
+    sigma: Tensor  # (N,) float32: blur σ
+
+    def __len__(self) -> int:
+        return len(self.flip)
+
+    def select(self, rows: slice) -> ColourParams:
+        """The parameters of crops[rows]."""
+        return ColourParams(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ColourParams:
+        """All parameters on ``device`` (a no-op for those already there)."""
+        return ColourParams(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+
+    def columns(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The parameters as numpy columns named ``prefix + field``: bool, int8 (N, 4) order,
+        float32 (N, 4) factors and float32 σ. Values are unchanged (order fits int8), so the colour
+        stage gives the same output from the columns as from these tensors."""
+        out = {prefix + f.name: getattr(self, f.name).cpu().numpy() for f in fields(self)}
+        out[prefix + "order"] = out[prefix + "order"].astype(np.int8)
+        return out
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, np.ndarray | Tensor], prefix: str = "",
+                     device: torch.device | str | None = None) -> ColourParams:
+        """Inverse of ``columns`` (numpy arrays or tensors, e.g. from ``iter_torch_batches``)."""
+        values = [torch.as_tensor(columns[prefix + f.name], device=device) for f in fields(cls)]
+        return cls(*values)
+
+
+@dataclass(frozen=True)
 class ViewParams:
     """Every random parameter of one view of N images, drawn independently per image."""
 
@@ -259,6 +314,10 @@ class ViewParams:
     def select(self, rows: slice) -> ViewParams:
         """The parameters of images[rows]."""
         return ViewParams(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def colour(self) -> ColourParams:
+        """The parameters of the colour stage (all but the crop boxes)."""
+        return ColourParams(*(getattr(self, f.name) for f in fields(ColourParams)))
 
 
 def _check_range(name: str, value: float, low: float, high: float, allowed: str,
@@ -366,7 +425,7 @@ class SimCLRAugment:
 
     def apply(self, images: Images, params: ViewParams, chunk_pixels: int = CHUNK_PIXELS) -> Tensor:
         """Apply given parameters: uint8 (N, 3, H, W), or N uint8 (3, H_i, W_i) images of different
-        shapes, → uint8 (N, 3, S, S).
+        shapes, → uint8 (N, 3, S, S). The same output as ``colour(crop(images, params), params.colour())``.
 
         Works through the batch in chunks of about `chunk_pixels` output pixels: every op is still
         vectorised over a chunk's images, but the float temporaries stay small enough to be reused
@@ -375,17 +434,59 @@ class SimCLRAugment:
         so the output does not depend on the chunk size.
         """
         _check_images(images)
-        n = len(images)
-        chunk = max(1, chunk_pixels // self.output_size**2)
-        out = torch.empty((n, 3, self.output_size, self.output_size), dtype=torch.uint8, device=images[0].device)
-        for start in range(0, n, chunk):
-            part = slice(start, start + chunk)
-            out[part] = self._apply_chunk(images[part], params.select(part))
+        out = self._empty(len(images), images[0].device)
+        for part in _chunks(len(images), self.output_size, chunk_pixels):
+            p = params.select(part)
+            x = self._crop_chunk(images[part], p.boxes)  # the crop stage, kept in float
+            out[part] = self._colour_chunk(x, p.colour())
         return out
 
-    def _apply_chunk(self, images: Images, params: ViewParams) -> Tensor:
-        """apply() on one chunk, every op vectorised over its images."""
-        x = crop_resize_images(images, params.boxes, self.output_size)  # (N, 3, S, S) float in [0, 255]
+    def crop(self, images: Images, params: ViewParams, chunk_pixels: int = CHUNK_PIXELS) -> Tensor:
+        """The crop stage alone: each image's random resized crop, uint8 (N, 3, S, S).
+
+        The decode-side half of a view, for a CPU worker: its output has a fixed size whatever the
+        photos' shapes, is uint8 (4x fewer bytes to move than float), and with ``colour`` on
+        ``params.colour()`` gives exactly ``apply``'s output.
+        """
+        _check_images(images)
+        out = self._empty(len(images), images[0].device)
+        for part in _chunks(len(images), self.output_size, chunk_pixels):
+            out[part] = self._crop_chunk(images[part], params.boxes[part]).to(torch.uint8)
+        return out
+
+    def colour(self, crops: Tensor, params: ColourParams, chunk_pixels: int | None = None) -> Tensor:
+        """The colour stage alone: flip, colour jitter, grayscale and blur of uint8 crops
+        (N, 3, S, S) → uint8 (N, 3, S, S), on the crops' device (a GPU included).
+
+        ``params`` may be on any device; they are moved to the crops'. ``chunk_pixels`` defaults to
+        ``CHUNK_PIXELS`` on CPU, where chunks keep the temporaries in cache, and to the whole
+        batch elsewhere, where one launch per op over the batch is what is fast.
+        """
+        _check_images(crops)
+        if crops.shape[2:] != (self.output_size, self.output_size):
+            raise ValueError(f"crops must be {self.output_size} x {self.output_size} (the crop stage's "
+                             f"output_size); got {tuple(crops.shape[2:])}")
+        if len(params) != len(crops):
+            raise ValueError(f"params hold {len(params)} rows for {len(crops)} crops; pass each crop's own")
+        params = params.to(crops.device)
+        if chunk_pixels is None:
+            chunk_pixels = CHUNK_PIXELS if crops.device.type == "cpu" else max(1, crops[0].numel() * len(crops))
+        out = torch.empty_like(crops)
+        for part in _chunks(len(crops), self.output_size, chunk_pixels):
+            out[part] = self._colour_chunk(crops[part].float(), params.select(part))
+        return out
+
+    def _empty(self, n: int, device: torch.device) -> Tensor:
+        return torch.empty((n, 3, self.output_size, self.output_size), dtype=torch.uint8, device=device)
+
+    def _crop_chunk(self, images: Images, boxes: Tensor) -> Tensor:
+        """Crops of one chunk as float (N, 3, S, S) holding uint8 values: rounded as the uint8
+        crop-stage output is, so that the fused path and the split one agree bit for bit."""
+        x = crop_resize_images(images, boxes, self.output_size)  # (N, 3, S, S) float in [0, 255]
+        return x.round_().clamp_(0.0, MAX_VALUE)
+
+    def _colour_chunk(self, x: Tensor, params: ColourParams) -> Tensor:
+        """The colour stage on one chunk of float crops (modified in place), every op vectorised."""
         _apply_subset(x, params.flip, hflip)
         ops = self.active_ops()
         for position in range(4):  # ColorJitter's random order: each op on the images that have it here
@@ -417,6 +518,32 @@ class SimCLRAugment:
     def two_views(self, images: Images, generator: RandomSource = None) -> tuple[Tensor, Tensor]:
         """Two independent views of every image: the positive pairs of SimCLR's loss."""
         return self(images, generator), self(images, generator)
+
+    def crop_stage(self, images: Images, generator: RandomSource = None) -> tuple[Tensor, ColourParams]:
+        """The CPU half of one view: draws all of the view's parameters (as ``__call__`` does, the
+        same draws in the same order) and crops; returns the uint8 crops (N, 3, S, S) and the
+        parameters that ``colour`` needs. ``colour(*crop_stage(images, g))`` equals ``self(images, g')``
+        bit for bit when g and g' are in the same state."""
+        _check_images(images)
+        n = len(images)
+        if n == 0:
+            params = self.sample_params(0, 1, 1, generator)
+            return self._empty(0, torch.device("cpu")), params.colour()
+        height, width = image_sizes(images)
+        params = self.sample_params(n, height, width, generator, images[0].device)
+        return self.crop(images, params), params.colour()
+
+    def two_crop_stages(self, images: Images, generator: RandomSource = None
+                        ) -> tuple[tuple[Tensor, ColourParams], tuple[Tensor, ColourParams]]:
+        """``crop_stage`` for both views, drawn in ``two_views``' order: the colour stage of each
+        then gives ``two_views``' output exactly."""
+        return self.crop_stage(images, generator), self.crop_stage(images, generator)
+
+
+def _chunks(n: int, output_size: int, chunk_pixels: int) -> list[slice]:
+    """Slices of about ``chunk_pixels`` output pixels (at least one image each) covering n images."""
+    chunk = max(1, chunk_pixels // output_size**2)
+    return [slice(start, start + chunk) for start in range(0, n, chunk)]
 
 
 def image_sizes(images: Images) -> tuple[int | Tensor, int | Tensor]:
