@@ -19,13 +19,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from workloads.rng import RowRandom, row_keys
-from workloads.simclr.augment import (
+from workloads.simclr.augment import ColourParams, SimCLRAugment, reference_augment
+from workloads.simclr.ops import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
     SATURATION,
-    ColourParams,
-    SimCLRAugment,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -33,7 +32,6 @@ from workloads.simclr.augment import (
     blur_kernel_size,
     crop_resize,
     gaussian_blur,
-    reference_augment,
     sample_crop_boxes,
 )
 
