@@ -1,20 +1,28 @@
 """Views for every method: the ``aug`` config section and SimCLR's augmentation (random resized crop,
 flip, colour jitter, grayscale, blur) as two views (SimCLR, MoCo) or one (MAE, inpainting).
 
+``aug.device`` splits a two-view method's views between the data workers and the training device
+(issue 15): with ``train``, the data workers decode and crop only, and send each view's uint8 crops
+with its colour parameters (``ColourParams.columns``, about 30 bytes a row, under ``<view>__<field>``);
+the trainer calls ``finish_views`` on the batch once it is on the device, which runs flip, jitter,
+grayscale and blur there, vectorised over the whole batch. Parameters are drawn on the data workers
+from the row's random stream either way, so a view is the same wherever its colour stage runs.
+
 Neutral ground, so that no method imports another's view code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from workloads.config import Config, check
 from workloads.method import Images
 from workloads.rng import RandomSource
-from workloads.simclr.augment import SimCLRAugment
+from workloads.simclr.augment import ColourParams, SimCLRAugment
 
 
 @dataclass
@@ -30,6 +38,9 @@ class AugConfig:
     gray_p: float = 0.2
     blur_p: float = 0.0  # 0.5 at ImageNet size; off at <= 64 px
     blur_kernel_frac: float = 0.1
+    # where flip, colour jitter, grayscale and blur run: data (the Ray Data CPU workers), train (the
+    # training device, after the batch arrives), auto (train with train.use_gpu, else data)
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         s = self.section
@@ -40,6 +51,17 @@ class AugConfig:
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, s, name, "a probability in [0, 1]", value)
         check(0.0 < self.blur_kernel_frac <= 0.5, s, "blur_kernel_frac", "in (0, 0.5]", self.blur_kernel_frac)
+        check(self.device in DEVICES, s, "device", "one of " + ", ".join(DEVICES), self.device)
+
+
+DEVICES = ("auto", "data", "train")
+SEP = "__"  # <view>__<colour field>: a column of a view whose colour stage runs on the training device
+COLOUR_FIELDS = tuple(f.name for f in fields(ColourParams))
+
+
+def colour_on_device(cfg: Config) -> bool:
+    """Whether the colour stage of two-view methods runs on the training device (``aug.device``)."""
+    return cfg.aug.device == "train" or (cfg.aug.device == "auto" and cfg.train.use_gpu)
 
 
 def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:
@@ -51,9 +73,31 @@ def make_augment(aug: AugConfig, image_size: int) -> SimCLRAugment:
 
 
 def two_views(images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
-    """Two independently augmented views of each image, with per-image random parameters."""
-    v0, v1 = make_augment(cfg.aug, cfg.data.image_size).two_views(images, generator)
-    return {"view0": v0, "view1": v1}  # B x 3 x s x s uint8 each
+    """Two independently augmented views of each image, with per-image random parameters; with the
+    colour stage on the training device, each view's crops and its colour parameters."""
+    aug = make_augment(cfg.aug, cfg.data.image_size)
+    if not colour_on_device(cfg):
+        v0, v1 = aug.two_views(images, generator)
+        return {"view0": v0, "view1": v1}  # B x 3 x s x s uint8 each
+    out: dict[str, Tensor] = {}
+    for name, (crops, params) in zip(("view0", "view1"), aug.two_crop_stages(images, generator), strict=True):
+        out[name] = crops  # B x 3 x s x s uint8
+        out.update({key: torch.from_numpy(col) for key, col in params.columns(name + SEP).items()})
+    return out
+
+
+def finish_views(batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+    """The colour stage of every view in ``batch`` that left it for the training device, on the
+    views' device; other columns pass through. A no-op for batches without such views."""
+    deferred = [key for key in batch if key + SEP + COLOUR_FIELDS[0] in batch]
+    if not deferred:
+        return batch
+    aug = make_augment(cfg.aug, cfg.data.image_size)
+    out = {key: value for key, value in batch.items() if SEP not in key}
+    for key in deferred:
+        params = ColourParams.from_columns(batch, prefix=key + SEP, device=batch[key].device)
+        out[key] = aug.colour(batch[key], params)
+    return out
 
 
 def one_view(images: Images, cfg: Config, generator: RandomSource) -> Tensor:

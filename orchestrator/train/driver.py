@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator import console, tracking
 from orchestrator.data import sources
 from orchestrator.data.prepare import PreparedData, prepare
-from orchestrator.data.stream import EpochClock, train_stream
+from orchestrator.data.stream import ROW_ID, EpochClock, train_stream
 from orchestrator.errors import UserError
 from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
@@ -46,6 +46,7 @@ from orchestrator.train.progress import NonFiniteLossError
 from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
 from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config
+from workloads.views import finish_views
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -306,10 +307,10 @@ def _log_inputs(cfg: Config, data: PreparedData, steps: int, train_ds: Any, clie
         with open(config_path, "w") as f:
             yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
         client.log_artifact(run_id, config_path)
-        sample = train_ds.take_batch(16, batch_format="numpy")
+        sample = finish_views({k: torch.as_tensor(v.copy()) for k, v in train_ds.take_batch(16, batch_format="numpy")
+                               .items() if k != ROW_ID}, cfg)  # the views as the trainer sees them
         grid = os.path.join(tmp, "augmented_views.png")
-        second = torch.as_tensor(sample["view1"].copy()) if "view1" in sample else None
-        plots.views_grid(torch.as_tensor(sample["view0"].copy()), second, grid)
+        plots.views_grid(sample["view0"], sample.get("view1"), grid)
         client.log_artifact(run_id, grid, "plots")
     # facts of the data as read (the config's own fields are under data.*)
     tracking.log_params(client, run_id, {"dataset.num_train": data.num_train, "dataset.num_classes": data.num_classes,

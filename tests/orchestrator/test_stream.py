@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import ray
 import ray.data
+import torch
 from photos import class_ordered_parquet, image_folder
 from PIL import Image
 
@@ -23,6 +24,7 @@ from orchestrator.data import sources
 from orchestrator.data.prepare import prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, train_stream
 from workloads.config import Config
+from workloads.views import finish_views
 
 CLASSES, PER_CLASS, BATCH = 10, 100, 64
 
@@ -189,3 +191,25 @@ def test_eval_root_gives_a_class_sorted_source_a_kNN_bank_and_queries_of_every_c
     assert np.bincount(queries["label"], minlength=CLASSES).tolist() == [3] * CLASSES
     assert bank["image"].shape[1:] == queries["image"].shape[1:] == (16, 16, 3)  # centre squares
     assert data.train is not None and data.num_train == CLASSES * PER_CLASS  # nothing held out of training
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_colour_stage_on_the_training_device_gives_the_data_workers_views_bit_for_bit(small_folder: Path) -> None:
+    """aug.device=train: the stream carries uint8 crops and a few small parameter columns; the trainer's
+    ``finish_views`` turns them into exactly the views that aug.device=data streams."""
+    streams = {}
+    for device in ("data", "train"):
+        cfg = config(source="imagefolder", root=str(small_folder), seed=3).replace({"aug.device": device,
+                                                                                    "aug.blur_p": 0.5})
+        data = prepare(cfg.data, seed=3)
+        assert data.train is not None
+        streams[device] = (cfg, epoch_batches(cfg, data.train, 1))
+    (_, on_data), (cfg, on_device) = streams["data"], streams["train"]
+    assert set(on_data[0]) == {"view0", "view1", ROW_ID}
+    assert {"view0__flip", "view0__order", "view1__sigma"} <= set(on_device[0])
+    assert on_device[0]["view0__order"].dtype == np.int8 and on_device[0]["view0"].dtype == np.uint8
+    for plain, split in zip(on_data, on_device, strict=True):
+        finished = finish_views({k: torch.from_numpy(v) for k, v in split.items()}, cfg)
+        assert set(finished) == {"view0", "view1", ROW_ID}
+        for column in ("view0", "view1", ROW_ID):
+            assert np.array_equal(plain[column], finished[column].numpy())

@@ -22,6 +22,7 @@ from orchestrator.train.job import TrainJob
 from orchestrator.train.progress import NonFiniteLossError
 from orchestrator.train.trainer import Trainer
 from workloads.config import Config
+from workloads.views import two_views
 
 TINY = {
     "data.source": "synthetic", "data.image_size": 8, "model.widths": [8], "model.blocks": [1],
@@ -163,3 +164,20 @@ def test_before_optimizer_step_sees_the_gradients_and_can_freeze_a_parameter(tmp
     batch = next(iter(trainer.env.dataset("train").iter_torch_batches()))
     trainer.train_step(batch, epoch=1, step=1)
     assert calls == [1] and torch.equal(frozen, before)
+
+
+def test_train_step_runs_the_deferred_colour_stage_on_the_device_as_the_data_workers_would(tmp_path: Path) -> None:
+    """aug.device=train: a batch of crops and colour parameters trains exactly as the same views
+    finished on the data workers (same initial weights: same seed)."""
+    images = torch.randint(0, 256, (4, 3, 12, 12), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    results = []
+    for device in ("data", "train"):
+        trainer, _ = make(tmp_path / device, **{"aug.device": device, "aug.blur_p": 0.5})
+        trainer.setup()
+        batch = two_views(images, trainer.cfg, torch.Generator().manual_seed(2))
+        assert ("view0__flip" in batch) == (device == "train")
+        loss = trainer.train_step(batch, epoch=1, step=1)
+        results.append((loss, [p.detach().clone() for p in trainer.core.parameters()]))
+    (loss_data, weights_data), (loss_device, weights_device) = results
+    assert torch.equal(loss_data, loss_device)
+    assert all(torch.equal(a, b) for a, b in zip(weights_data, weights_device, strict=True))

@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from workloads.config import Config, ConfigError
 from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import ColourParams, SimCLRAugment, reference_augment
 from workloads.simclr.ops import (
@@ -34,6 +35,7 @@ from workloads.simclr.ops import (
     gaussian_blur,
     sample_crop_boxes,
 )
+from workloads.views import colour_on_device, finish_views, two_views
 
 # Recipe with every op but the crop switched off: the identity at the input size.
 IDENTITY: dict[str, Any] = dict(strength=0.0, min_scale=1.0, max_scale=1.0, ratio=(1.0, 1.0), flip_p=0.0,
@@ -390,26 +392,27 @@ def test_jitter_applies_each_images_factors_in_its_own_order_like_colorjitter() 
     assert diff.abs().max() <= 1
 
 
-def inside_samples(start: int, size: int, out: int) -> Tensor:
-    """(out,) True where output pixel p samples at or between the first and last pixel centres of
-    a crop [start, start + size), i.e. where no filter reaches outside the crop."""
-    x = start - 0.5 + (torch.arange(out) + 0.5) * size / out
-    return (x >= start) & (x <= start + size - 1)
-
-
-def test_crop_matches_torchvision_resized_crop_away_from_the_border_when_upscaling() -> None:
-    """Upscaling is plain bilinear in both. Only where the sample point falls between the crop's
-    outer pixel centre and its edge (at most half the upscale factor, in output pixels) roi_align
-    also weighs the input pixel just outside the crop, where torchvision repeats the edge pixel."""
-    images = random_images(32, 24)
-    boxes = sample_crop_boxes(32, 24, 24, (0.08, 0.4), (3 / 4, 4 / 3), torch.Generator().manual_seed(9))
-    out = crop_resize(images.float(), boxes, 24).round().to(torch.uint8)  # crop sides <= 24: upscaling
+@pytest.mark.parametrize(("size", "scale", "ragged"), [(24, (0.08, 0.4), False), (24, (0.5, 1.0), False),
+                                                    (16, (0.08, 1.0), True)])
+def test_crop_is_torchvisions_resized_crop_bit_for_bit(size: int, scale: tuple[float, float], ragged: bool) -> None:
+    """Up- and downscaling, a batch or whole images of several shapes: each crop is exactly
+    torchvision's ``resized_crop`` of the same box (uint8, antialiased)."""
+    gen = torch.Generator().manual_seed(9)
+    if ragged:
+        images: Any = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+                       for h, w in [(24, 40), (40, 24), (30, 30), (24, 40)] * 4]
+        heights = torch.tensor([img.shape[1] for img in images], dtype=torch.float64)
+        widths = torch.tensor([img.shape[2] for img in images], dtype=torch.float64)
+    else:
+        images = random_images(32, 24)
+        heights, widths = torch.tensor(24.0), torch.tensor(24.0)
+    boxes = sample_crop_boxes(len(images), heights, widths, scale, (3 / 4, 4 / 3), gen)
+    out = crop_resize(images, boxes, size)
+    assert out.dtype == torch.uint8 and out.shape == (len(images), 3, size, size)
     for img, box, view in zip(images, boxes.int().tolist(), out, strict=True):
         x1, y1, x2, y2 = box
-        expected = TF.resized_crop(img, y1, x1, y2 - y1, x2 - x1, [24, 24], antialias=True)
-        inside = inside_samples(y1, y2 - y1, 24).unsqueeze(1) & inside_samples(x1, x2 - x1, 24)  # (24, 24)
-        assert inside.sum() >= 24 * 24 // 2
-        assert (view.int() - expected.int())[:, inside].abs().max() <= 1
+        expected = TF.resized_crop(img, y1, x1, y2 - y1, x2 - x1, [size, size], antialias=True)
+        assert torch.equal(view, expected)
 
 
 def test_crop_falls_back_to_centre_crop_like_torchvision() -> None:
@@ -602,3 +605,25 @@ def test_split_path_statistics_match_per_image_torchvision(
     assert distribution_mismatches(geometry, reference_geometry) == []
     colour = colour_stats(split(colour_image.expand(STATS_N, -1, -1, -1), COLOUR_RECIPE, 32), colour_image)
     assert distribution_mismatches(colour, reference_colour) == []
+
+
+def test_aug_device_is_checked_and_auto_puts_the_colour_stage_on_a_gpu_only() -> None:
+    with pytest.raises(ConfigError, match=r"aug\.device must be one of auto, data, train; got 'gpu'"):
+        Config().replace({"aug.device": "gpu"})
+    assert not colour_on_device(Config())
+    assert colour_on_device(Config().replace({"train.use_gpu": True}))
+    assert not colour_on_device(Config().replace({"train.use_gpu": True, "aug.device": "data"}))
+    assert colour_on_device(Config().replace({"aug.device": "train"}))
+
+
+def test_deferred_views_carry_crops_and_small_columns_and_finish_as_the_fused_views() -> None:
+    images = random_images(6, 20)
+    cfg = Config().replace({"data.image_size": 16, "aug.blur_p": 0.5})
+    fused = two_views(images, cfg, torch.Generator().manual_seed(4))
+    assert finish_views(fused, cfg) is fused  # nothing deferred: a no-op
+    split = two_views(images, cfg.replace({"aug.device": "train"}), torch.Generator().manual_seed(4))
+    assert split["view0"].dtype == torch.uint8 and split["view0"].shape == (6, 3, 16, 16)
+    assert sum(v.numel() * v.element_size() for k, v in split.items() if "__" in k) <= 6 * 2 * 40
+    finished = finish_views(split, cfg)
+    assert set(finished) == {"view0", "view1"}
+    assert torch.equal(finished["view0"], fused["view0"]) and torch.equal(finished["view1"], fused["view1"])

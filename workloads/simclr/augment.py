@@ -43,7 +43,7 @@ from workloads.simclr.ops import (
     bernoulli,
     blur_kernel_size,
     chunks,
-    crop_resize_images,
+    crop_resize,
     gaussian_blur,
     grayscale3,
     hflip,
@@ -139,9 +139,10 @@ def _check_pair(name: str, pair: tuple[float, float], example: str) -> None:
 class SimCLRAugment:
     """SimCLR views of a uint8 batch (N, 3, H, W) → uint8 (N, 3, S, S), parameters drawn per image.
 
-    Same distribution as `reference_augment` applied image by image, but each op runs once on the
-    batch: crops via one roi_align, colour-jitter ops on index subsets (about 4 ops × N of work
-    for the random order), a grouped convolution for per-image blur kernels.
+    Same distribution as `reference_augment` applied image by image: each crop is torchvision's own
+    (``resized_crop`` of the same box, bit for bit), and each colour op runs once on the batch: the
+    jitter ops on index subsets (about 4 ops × N of work for the random order), a grouped convolution
+    for per-image blur kernels.
     """
 
     def __init__(
@@ -238,11 +239,11 @@ class SimCLRAugment:
         out = self._empty(len(images), images[0].device)
         for part in chunks(len(images), self.output_size, chunk_pixels):
             p = params.select(part)
-            x = self._crop_chunk(images[part], p.boxes)  # the crop stage, kept in float
+            x = crop_resize(images[part], p.boxes, self.output_size).float()  # the crop stage
             out[part] = self._colour_chunk(x, p.colour())
         return out
 
-    def crop(self, images: Images, params: ViewParams, chunk_pixels: int = CHUNK_PIXELS) -> Tensor:
+    def crop(self, images: Images, params: ViewParams) -> Tensor:
         """The crop stage alone: each image's random resized crop, uint8 (N, 3, S, S).
 
         The decode-side half of a view, for a CPU worker: its output has a fixed size whatever the
@@ -250,10 +251,7 @@ class SimCLRAugment:
         ``params.colour()`` gives exactly ``apply``'s output.
         """
         _check_images(images)
-        out = self._empty(len(images), images[0].device)
-        for part in chunks(len(images), self.output_size, chunk_pixels):
-            out[part] = self._crop_chunk(images[part], params.boxes[part]).to(torch.uint8)
-        return out
+        return crop_resize(images, params.boxes, self.output_size)
 
     def colour(self, crops: Tensor, params: ColourParams, chunk_pixels: int | None = None) -> Tensor:
         """The colour stage alone: flip, colour jitter, grayscale and blur of uint8 crops
@@ -279,12 +277,6 @@ class SimCLRAugment:
 
     def _empty(self, n: int, device: torch.device) -> Tensor:
         return torch.empty((n, 3, self.output_size, self.output_size), dtype=torch.uint8, device=device)
-
-    def _crop_chunk(self, images: Images, boxes: Tensor) -> Tensor:
-        """Crops of one chunk as float (N, 3, S, S) holding uint8 values: rounded as the uint8
-        crop-stage output is, so that the fused path and the split one agree bit for bit."""
-        x = crop_resize_images(images, boxes, self.output_size)  # (N, 3, S, S) float in [0, 255]
-        return x.round_().clamp_(0.0, MAX_VALUE)
 
     def _colour_chunk(self, x: Tensor, params: ColourParams) -> Tensor:
         """The colour stage on one chunk of float crops (modified in place), every op vectorised."""
