@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/N of trials at each rung (2)")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once (default: derived from the cluster's CPUs/GPUs, keeping CPUs for Ray Data)")
+    p.add_argument("--prepare-per-trial", action="store_true",
+                   help="each trial reads and decodes the data itself (default: once for the sweep, shared by "
+                        "every trial, unless a data.* key or train.seed is searched)")
     p.add_argument("--resume", default="", metavar="NAME",
                    help="go on with an interrupted sweep (its storage: train.storage_path, default ./simclr_runs)")
     p.add_argument("--verbose", action="store_true",
@@ -67,7 +70,8 @@ def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
         opts = tune.TuneOptions(
             search=args.search, num_samples=args.num_samples, scheduler=args.scheduler, search_alg=args.search_alg,
             metric=args.metric, mode=args.mode or "", grace_period=args.grace_period,
-            reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent)
+            reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
+            share_data=not args.prepare_per_trial)
         outcome = tune.run_sweep(cfg, opts, ray_options(args), file_search, quiet=not args.verbose)
     if args.json:
         print(json.dumps(outcome.to_dict(), sort_keys=True, default=str), file=out)

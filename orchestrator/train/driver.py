@@ -38,7 +38,7 @@ from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking import record as mlflow_record
-from orchestrator.tracking.tags import COMPLETE_TAG
+from orchestrator.tracking.tags import COMPLETE_TAG, DATA_PREPARED_BY_TAG
 from orchestrator.train.checkpoint import load_state_file
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
@@ -158,12 +158,13 @@ def run_tags(cfg: Config, world: int) -> dict[str, str]:
 
 
 def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "",
-          callbacks: Sequence[Any] = (), quiet: bool = False) -> TrainOutcome:
+          callbacks: Sequence[Any] = (), quiet: bool = False, prepared: PreparedData | None = None) -> TrainOutcome:
     """Run (or resume) one training and return where its results are.
 
     ``callbacks`` go to the TorchTrainer's RunConfig (``simclr tune`` passes Tune's TuneReportCallback).
     ``quiet`` (``simclr train`` without --verbose): Ray's own output goes to the run's log file and the
     terminal shows only our header, one line per epoch and the result (orchestrator/console.py).
+    ``prepared``: ``cfg.data`` already read and decoded (a sweep's trials share it), else prepared here.
     """
     sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download, cfg.data.eval_root)
     name = cfg.train.name or generated_name(cfg)
@@ -188,7 +189,9 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             quiet_ray_data()
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-        data = prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
+        start = time.perf_counter()
+        data = prepared or prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
+        prepare_seconds = time.perf_counter() - start
         steps = (data.num_train // cfg.train.workers) // cfg.train.worker_batch_size
         if steps < 1:
             raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {data.num_train} training "
@@ -202,6 +205,8 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
                 tags["mlflow.parentRunId"] = parent_run_id
             run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
         console.current().say(header(cfg, run_id, data.num_train, data.num_classes, steps, cpw, resources))
+        client.log_metric(run_id, "prepare_seconds", prepare_seconds)  # ~0 when a sweep prepared the data
+        tracking.set_tags(client, run_id, {DATA_PREPARED_BY_TAG: "sweep" if prepared else "run"})
         try:
             outcome = _fit(cfg, data, steps, cpw, client, uri, exp_id, run_id, callbacks, quiet)
         except KeyboardInterrupt as err:

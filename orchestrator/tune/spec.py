@@ -38,6 +38,7 @@ class SweepSpec:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str = ""
+    share_data: bool = True  # prepare (read, decode) the data once for every trial; see trial.shared_data
 
     @property
     def path(self) -> str:

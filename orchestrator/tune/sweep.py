@@ -47,6 +47,7 @@ from orchestrator.tune.trial import (
     build_scheduler,
     build_search_alg,
     make_trainable,
+    shared_data,
     simclr_trial,  # noqa: F401 - sweeps saved before the split pickled it from here
     trial_dirname,
 )
@@ -80,6 +81,7 @@ class TuneOptions:
     grace_period: int = 1
     reduction_factor: float = 2.0
     max_concurrent: int = 0  # 0 -> derived from the cluster
+    share_data: bool = True  # the trials share one prepared dataset (when no searched key changes it)
 
 
 def generated_name(cfg: Config) -> str:
@@ -191,14 +193,15 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
             name=name, storage=storage, base=base.to_dict(), user_base=user_base.to_dict(),
             search={k: d.expr for k, d in dims.items()}, search_alg=opts.search_alg, scheduler=opts.scheduler,
             num_samples=opts.num_samples, metric=metric, mode=mode, grace_period=opts.grace_period,
-            reduction_factor=opts.reduction_factor, resources=asdict(plan), tracking_uri=uri, experiment_id=exp_id)
+            reduction_factor=opts.reduction_factor, resources=asdict(plan), tracking_uri=uri, experiment_id=exp_id,
+            share_data=opts.share_data)
         spec.parent_run_id = start_parent(client, spec)
         console.current().say(progress.header(spec))
 
         def new_tuner() -> tune.Tuner:
             save_spec(spec)
             return tune.Tuner(
-                make_trainable(spec, quiet),
+                make_trainable(spec, quiet, shared_data(spec, client)),
                 param_space=param_space(dims, opts.search_alg),
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
@@ -232,7 +235,8 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
 
         def restored_tuner() -> tune.Tuner:
             end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet), resume_unfinished=True,
+            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet, shared_data(spec, client)),
+                                      resume_unfinished=True,
                                       restart_errored=True)
 
         try:

@@ -3,12 +3,15 @@ scheduler (ASHA on epochs) and search algorithm that drive the trials."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from orchestrator.data.prepare import PreparedData, prepare
 from orchestrator.train.driver import quiet_ray_data, train
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
@@ -44,14 +47,35 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
     if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
         quiet_ray_data()
-    train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()])
+    train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()], prepared=spec.get("data"))
 
 
-def make_trainable(spec: SweepSpec, quiet: bool = False) -> Any:
-    """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match)."""
+def make_trainable(spec: SweepSpec, quiet: bool = False, data: PreparedData | None = None) -> Any:
+    """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match). ``data``: the
+    sweep's prepared dataset, which every trial then trains on instead of reading the source again."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
-               "trials_storage": spec.trials_storage, "quiet": quiet}
+               "trials_storage": spec.trials_storage, "quiet": quiet, "data": data}
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
+
+
+def shares_data(spec: SweepSpec) -> bool:
+    """Whether every trial trains on the same prepared data: no searched key is a data setting or the
+    seed (which draws the held-out split)."""
+    return spec.share_data and not any(key.startswith("data.") or key == "train.seed" for key in spec.search)
+
+
+def shared_data(spec: SweepSpec, client: Any) -> PreparedData | None:
+    """The sweep's data, read and decoded once in the sweep's driver for all its trials (issue 15): the
+    decoded rows stay in the object store, owned by this driver, and each trial streams its own views
+    from them. None (each trial prepares its own) when ``shares_data`` is false. The time it took is
+    logged on the parent run (``prepare_seconds``), as each trial logs its own."""
+    if not shares_data(spec):
+        return None
+    base = Config.from_dict(spec.base)
+    start = time.perf_counter()
+    data = prepare(base.data, base.train.seed, ray.cluster_resources().get("object_store_memory"))
+    client.log_metric(spec.parent_run_id, "prepare_seconds", time.perf_counter() - start)
+    return data
 
 
 class LastEpochASHA(ASHAScheduler):

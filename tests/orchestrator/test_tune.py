@@ -20,6 +20,8 @@ from ray.tune.schedulers import TrialScheduler
 from orchestrator import cli, tune
 from orchestrator.cli.tune import resolve_with_search
 from orchestrator.errors import UserError
+from orchestrator.tune.spec import SweepSpec
+from orchestrator.tune.trial import shares_data
 from workloads.config import Config, ConfigError, TrainConfig
 
 # --- search space -------------------------------------------------------------------------------------
@@ -180,6 +182,20 @@ def test_asha_stops_a_weak_trial_at_a_rung_but_never_at_its_last_epoch() -> None
     assert sched.on_trial_result(None, late, {"epoch": 4, "loss": 9.0}) == TrialScheduler.CONTINUE
 
 
+@pytest.mark.parametrize(("search", "share", "shares"), [
+    ({"loss.temperature": "loguniform(0.05,1.0)", "aug.strength": "uniform(0.25,1.5)"}, True, True),
+    ({"loss.temperature": "loguniform(0.05,1.0)"}, False, False),  # --prepare-per-trial
+    ({"data.decode_size": "choice(32,64)"}, True, False),  # a data setting changes what is prepared
+    ({"train.seed": "randint(0,9)"}, True, False),  # the seed draws the held-out split
+])
+def test_trials_share_the_sweeps_prepared_data_unless_a_searched_key_changes_it(
+        search: dict[str, str], share: bool, shares: bool) -> None:
+    spec = SweepSpec(name="s", storage="/tmp", base={}, user_base={}, search=search, search_alg="random",
+                     scheduler="none", num_samples=1, metric="loss", mode="min", grace_period=1, reduction_factor=2,
+                     resources={}, tracking_uri="", experiment_id="", share_data=share)
+    assert shares_data(spec) is shares
+
+
 def test_best_trial_prefers_completed_trials() -> None:
     def trial(i: str, status: str, loss: float) -> tune.TrialSummary:
         return tune.TrialSummary(i, f"s-{i}", status, {"loss.temperature": 0.1}, {"loss": loss})
@@ -309,6 +325,9 @@ def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_r
     assert {"results.csv", "results.md", "base_config.yaml"} <= top
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == [
         "plots/loss_vs_loss.temperature.png"]
+    # The data was prepared once, by the sweep's driver, for all four trials.
+    assert "prepare_seconds" in parent.data.metrics
+    assert all(r.data.tags.get("simclr.data_prepared_by") == "sweep" for r in children)
     assert out["train_command"].startswith("simclr train --config ")
     assert f"--set loss.temperature={best['params']['loss.temperature']}" in out["train_command"]
 
