@@ -64,13 +64,16 @@ def shares_data(spec: SweepSpec) -> bool:
     return spec.share_data and not any(key.startswith("data.") or key == "train.seed" for key in spec.search)
 
 
-def shared_data(spec: SweepSpec, client: Any) -> PreparedData | None:
+def shared_data(spec: SweepSpec, client: Any, quiet: bool = False) -> PreparedData | None:
     """The sweep's data, read and decoded once in the sweep's driver for all its trials (issue 15): the
     decoded rows stay in the object store, owned by this driver, and each trial streams its own views
     from them. None (each trial prepares its own) when ``shares_data`` is false. The time it took is
-    logged on the parent run (``prepare_seconds``), as each trial logs its own."""
+    logged on the parent run (``prepare_seconds``), as each trial logs its own. ``quiet``: the datasets
+    carry this process's Ray Data context into the trials, so no progress bars there either."""
     if not shares_data(spec):
         return None
+    if quiet:
+        quiet_ray_data()
     base = Config.from_dict(spec.base)
     start = time.perf_counter()
     data = prepare(base.data, base.train.seed, ray.cluster_resources().get("object_store_memory"))
