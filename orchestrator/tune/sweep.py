@@ -201,7 +201,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
         def new_tuner() -> tune.Tuner:
             save_spec(spec)
             return tune.Tuner(
-                make_trainable(spec, quiet, shared_data(spec, client)),
+                make_trainable(spec, quiet, shared_data(spec, client, quiet)),
                 param_space=param_space(dims, opts.search_alg),
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=opts.num_samples, scheduler=build_scheduler(spec),
@@ -235,7 +235,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
 
         def restored_tuner() -> tune.Tuner:
             end_orphans(client, spec, "KILLED", "the sweep's driver stopped before this trial ended")
-            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet, shared_data(spec, client)),
+            return tune.Tuner.restore(path, trainable=make_trainable(spec, quiet, shared_data(spec, client, quiet)),
                                       resume_unfinished=True,
                                       restart_errored=True)
 
