@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
 
 from orchestrator import tracking
 from orchestrator.secrets import redact
+from orchestrator.tracking import record
 from orchestrator.tracking.tags import RESTART_TAG_PREFIX
 from orchestrator.train.checkpoint import TrainState
 
@@ -81,6 +84,32 @@ def _restart_cause(since: float) -> str:
         ips = ", ".join(sorted({str(n.get("NodeManagerAddress", "?")) for n in dead}))
         return f"node lost ({ips}); Ray Train restarted the worker group"
     return "a train worker process was lost; Ray Train restarted the worker group"
+
+
+@contextmanager
+def node_metrics(run_id: str, uri: str, local_rank: int) -> Iterator[None]:
+    """The first worker of each node (local rank 0) samples the node's system metrics into the run as
+    ``system/<node>/*`` while it trains (orchestrator/tracking/record.py). They stop in the ``finally``:
+    at the end, on an error and on a stop request. A worker Ray Train kills to restart the group takes
+    the thread with its process; the restarted group's first worker on a node continues that node's
+    series, and a replacement node starts its own."""
+    monitor = None
+    if uri and local_rank == 0:
+        node = this_node()
+        try:
+            monitor = record.system_metrics(run_id, uri, node)
+        except Exception as err:  # no psutil, the tracking server away: training goes on without them
+            log(f"MLflow: no system metrics from node {node} ({redact(str(err))[:200]})")
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def this_node() -> str:
+    """This worker's node, as its system metrics are named."""
+    return record.node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
 
 
 def check_fatal(flag: Any) -> None:
