@@ -23,7 +23,6 @@ class WorkerEnv:
     report: Report
     registered: Any  # the checkpoint Ray registered for a restarted worker group (None: first attempt)
     wrap: Callable[[nn.Module, Mapping[str, Any]], nn.Module]  # to the device, DDP when world > 1
-    local_rank: int = 0  # the worker's rank on its node (0: the node's first worker)
 
     @property
     def rank0(self) -> bool:
@@ -48,4 +47,4 @@ def ray_env() -> WorkerEnv:
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(ddp_kwargs) or None)
 
     return WorkerEnv(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-                     ray.train.get_dataset_shard, report, ray.train.get_checkpoint(), wrap, ctx.get_local_rank())
+                     ray.train.get_dataset_shard, report, ray.train.get_checkpoint(), wrap)

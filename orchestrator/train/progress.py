@@ -3,12 +3,16 @@ driver's stop flag and fatal errors (the StopFlag actor of orchestrator/interrup
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import ray
 
@@ -87,15 +91,15 @@ def _restart_cause(since: float) -> str:
 
 
 @contextmanager
-def node_metrics(run_id: str, uri: str, local_rank: int) -> Iterator[None]:
-    """The first worker of each node (local rank 0) samples the node's system metrics into the run as
-    ``system/<node>/*`` while it trains (orchestrator/tracking/record.py). They stop in the ``finally``:
-    at the end, on an error and on a stop request. A worker Ray Train kills to restart the group takes
-    the thread with its process; the restarted group's first worker on a node continues that node's
-    series, and a replacement node starts its own."""
+def node_metrics(run_id: str, uri: str) -> Iterator[None]:
+    """One worker on each Ray node (the first to claim the node) samples the node's system metrics into
+    the run as ``system/<node>/*`` while it trains (orchestrator/tracking/record.py). They stop in the
+    ``finally``: at the end, on an error and on a stop request. A worker Ray Train kills to restart the
+    group takes the thread and its claim with its process; a restarted worker on the node claims it
+    again and continues the node's series, and a replacement node starts its own."""
+    claim = _claim_node(run_id, node := this_node()) if uri else None
     monitor = None
-    if uri and local_rank == 0:
-        node = this_node()
+    if claim is not None:
         try:
             monitor = record.system_metrics(run_id, uri, node)
         except Exception as err:  # no psutil, the tracking server away: training goes on without them
@@ -105,6 +109,24 @@ def node_metrics(run_id: str, uri: str, local_rank: int) -> Iterator[None]:
     finally:
         if monitor is not None:
             monitor.finish()
+        if claim is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(claim.name)
+            claim.close()
+
+
+def _claim_node(run_id: str, node: str) -> IO[str] | None:
+    """An exclusive lock on a file named after the run and the Ray node, held by one process of the node
+    until it closes the file or dies. Per Ray node, not per address as Ray Train's local rank: the
+    name says which node, and several Ray nodes may share a machine."""
+    path = os.path.join(tempfile.gettempdir(), f"simclr-sysmetrics-{run_id}-{node}.lock")
+    f = open(path, "a")  # noqa: SIM115  # held open: the lock lives as long as the file is open
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another worker of this node holds it
+        f.close()
+        return None
+    return f
 
 
 def this_node() -> str:

@@ -2,8 +2,8 @@
 
 The driver passes a ``TrainJob`` (orchestrator/train/job.py); the ``Trainer`` (trainer.py) runs it in
 named steps. Every worker runs the same steps and keeps the same state; rank 0 alone does I/O:
-progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics. The first
-worker on each node also samples that node's system metrics into the run.
+progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics. One worker
+on each node also samples that node's system metrics into the run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
     set_console(job.stop_flag if job.console else None)
     check_fatal(job.stop_flag)
-    env = ray_env()
-    with node_metrics(job.run_id, job.tracking_uri, env.local_rank):
-        Trainer(job, env).fit()
+    with node_metrics(job.run_id, job.tracking_uri):
+        Trainer(job, ray_env()).fit()

@@ -52,12 +52,15 @@ def run(store: tuple[MlflowClient, str, str], monkeypatch: pytest.MonkeyPatch) -
     return client, uri, client.create_run(exp).info.run_id
 
 
-def test_first_worker_of_a_node_logs_its_series_named_by_node_and_stops_them(
+def test_one_worker_of_a_node_logs_its_series_named_by_node_and_stops_them(
         run: tuple[MlflowClient, str, str]) -> None:
     client, uri, run_id = run
-    with progress.node_metrics(run_id, uri, local_rank=0):
+    with progress.node_metrics(run_id, uri):
         assert len(monitor_threads()) == 1
+        with progress.node_metrics(run_id, uri):  # a second worker on the node: the node is taken
+            assert len(monitor_threads()) == 1
         time.sleep(1.5)
+        assert len(monitor_threads()) == 1
     assert monitor_threads() == []  # finished with the training, nothing left sampling
     keys = set(client.get_run(run_id).data.metrics)
     assert "system/10.0.0.5-1a2b3c4d/cpu_utilization_percentage" in keys, keys
@@ -66,21 +69,26 @@ def test_first_worker_of_a_node_logs_its_series_named_by_node_and_stops_them(
     assert client.get_run(run_id).info.status == "RUNNING"  # the driver, not a node, ends the run
 
 
-def test_other_workers_of_the_node_log_nothing(run: tuple[MlflowClient, str, str]) -> None:
-    client, uri, run_id = run
-    with progress.node_metrics(run_id, uri, local_rank=1):
-        assert monitor_threads() == []
-    assert client.get_run(run_id).data.metrics == {}
-
-
-def test_a_failing_worker_stops_its_monitor(run: tuple[MlflowClient, str, str]) -> None:
+def test_each_node_has_its_own_monitor(run: tuple[MlflowClient, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Ray nodes on one machine (the cluster tests' nodes) are two nodes."""
     _, uri, run_id = run
-    with pytest.raises(RuntimeError, match="lost"), progress.node_metrics(run_id, uri, local_rank=0):
-        assert len(monitor_threads()) == 1
-        raise RuntimeError("lost")
+    with progress.node_metrics(run_id, uri):
+        monkeypatch.setattr(progress, "this_node", lambda: node_name("10.0.0.5", "9f" + NODE_ID[2:]))
+        with progress.node_metrics(run_id, uri):
+            assert len(monitor_threads()) == 2
     assert monitor_threads() == []
 
 
+def test_a_failing_worker_stops_its_monitor_and_frees_the_node(run: tuple[MlflowClient, str, str]) -> None:
+    _, uri, run_id = run
+    with pytest.raises(RuntimeError, match="lost"), progress.node_metrics(run_id, uri):
+        assert len(monitor_threads()) == 1
+        raise RuntimeError("lost")
+    assert monitor_threads() == []
+    with progress.node_metrics(run_id, uri):  # the restarted worker group's claim
+        assert len(monitor_threads()) == 1
+
+
 def test_without_a_tracking_store_no_monitor_starts() -> None:
-    with progress.node_metrics("", "", local_rank=0):
+    with progress.node_metrics("", ""):
         assert monitor_threads() == []
