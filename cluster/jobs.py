@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 import socket
 import time
@@ -153,7 +154,7 @@ class JobsClient:
         headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else None
         from ray.job_submission import JobSubmissionClient
 
-        _quiet_packaging_logs()
+        _quiet_client_logs()
         with self._errors(), _without_env(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")):
             self._client = JobSubmissionClient(self.address, headers=headers)
 
@@ -255,12 +256,15 @@ class JobsClient:
         return self.wait(job_id, poll_s)
 
 
-def _quiet_packaging_logs() -> None:
-    """Ray logs a line per ignored file and per default exclude while packaging the working_dir;
-    keep the client's stderr for the job's own logs (real packaging problems raise)."""
+def _quiet_client_logs() -> None:
+    """Keep the client's stderr for the job's own lines. Ray logs a line per ignored file and per default
+    exclude while packaging the working_dir (real packaging problems raise), and the Jobs SDK an INFO
+    line when the log stream ends ("WebSocket closed for job ... with close code 1000"; an abnormal
+    close raises)."""
     for name in ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
                  "ray.dashboard.modules.dashboard_sdk"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
 
 def _check_reachable(address: str) -> None:
@@ -285,8 +289,43 @@ def _first_line(err: BaseException) -> str:
 
 
 def print_stream(out: TextIO) -> Callable[[str], None]:
+    """The job's log as it comes, every line (``simclr jobs logs --follow``)."""
     def write(chunk: str) -> None:
         out.write(chunk)
         out.flush()
 
     return write
+
+
+# The job manager's INFO lines in Ray's log format ("2026-11-29 07:18:22,178\tINFO job_manager.py:581 --
+# Runtime env is setting up."); its warnings (the supervisor could not start) stay in sight.
+_JOB_MANAGER_INFO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\tINFO job_manager\.py:\d+ -- ")
+
+
+class RunStream:
+    """What ``simclr submit`` shows of the job's log while it follows the run: the run's own lines (our
+    header, epoch lines and result; the driver sends Ray's output to the run's log file), without the
+    lines Ray's job manager and supervisor write into the same log around them. Those stay in the job's
+    log (``simclr jobs logs``, ``ray job logs``). Chunks may end mid-line: lines are judged whole."""
+
+    def __init__(self, out: TextIO, job_id: str) -> None:
+        self.out = out
+        self.entrypoint = f"Running entrypoint for job {job_id}: "  # the supervisor, before our command
+        self.partial = ""
+
+    def is_ray_line(self, line: str) -> bool:
+        return line.startswith(self.entrypoint) or bool(_JOB_MANAGER_INFO.match(line))
+
+    def write(self, chunk: str) -> None:
+        *lines, self.partial = (self.partial + chunk).split("\n")
+        kept = "".join(line + "\n" for line in lines if not self.is_ray_line(line))
+        if kept:
+            self.out.write(kept)
+            self.out.flush()
+
+    def close(self) -> None:
+        """The last line, when the log did not end with a newline."""
+        if self.partial and not self.is_ray_line(self.partial):
+            self.out.write(self.partial + "\n")
+            self.out.flush()
+        self.partial = ""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cluster.jobs import DEFAULT_ADDRESS, JobsClient, entrypoint, print_stream, project_root
+from cluster.jobs import DEFAULT_ADDRESS, JobsClient, RunStream, entrypoint, print_stream, project_root
 from orchestrator.errors import UserError
 
 EXIT_JOB_FAILED = 1
@@ -172,8 +172,10 @@ def cmd_submit(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _follow(client: JobsClient, job_id: str) -> str:
+    stream = RunStream(sys.stderr, job_id)
     try:
-        status = client.follow(job_id, print_stream(sys.stderr))
+        status = client.follow(job_id, stream.write)
+        stream.close()
     except KeyboardInterrupt:
         print(f"\nstopped following; job {job_id} keeps running (`simclr jobs stop {job_id}` stops it)",
               file=sys.stderr)

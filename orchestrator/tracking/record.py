@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import torch
@@ -72,12 +73,25 @@ def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_class
                                                      tags=[InputTag("mlflow.data.context", "train")])])
 
 
-def system_metrics(run_id: str, uri: str) -> Any:
-    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with pynvml) on this node, logging
-    ``system/*`` into the run every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``). Call ``finish()``."""
+def node_name(ip: str, node_id: str) -> str:
+    """How a node's system metrics are named in the run: its address and the start of its Ray node id,
+    ``10.0.0.5-1a2b3c4d``. The address is what people know a machine by; the id tells apart nodes that
+    share one (several Ray nodes on one machine, a spot node replaced by one at the same address).
+    Characters MLflow refuses in a metric name become ``_``."""
+    raw = f"{ip}-{node_id[:8]}" if ip else node_id[:8] or "node"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+
+
+def system_metrics(run_id: str, uri: str, node: str) -> Any:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU utilisation and memory with
+    pynvml) of this node, logging ``system/<node>/*`` into the run every 10 s
+    (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``) from a daemon thread. Call ``finish()``: it stops the
+    thread and sends what is buffered. The monitor also stops by itself once the run is no longer RUNNING."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node, tracking_uri=uri)
+    # MLFLOW_SYSTEM_METRICS_NODE_ID wins over the argument; one value on every node would merge their series
+    monitor.node_id = node
     monitor.start()
     return monitor
 

@@ -250,11 +250,10 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
                    num_classes=data.num_classes if "eval_bank" in datasets else 0,
                    stop_flag=stop_flag, epoch_clock=clock, console=quiet)
     trainer = _torch_trainer(job, datasets, cpw, callbacks)
-    monitor = mlflow_record.system_metrics(run_id, uri)
-    try:
-        result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
-    finally:
-        monitor.finish()
+    # system metrics come from the nodes that train (orchestrator/train/progress.py: node_metrics), not
+    # from here: the driver's node either hosts workers too (a local run: the same numbers twice) or
+    # trains nothing (the head, for a submitted job)
+    result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
     if stopped:
         where = result.checkpoint.path if result.checkpoint else "-"
         raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
@@ -327,8 +326,10 @@ def _log_inputs(cfg: Config, data: PreparedData, steps: int, train_ds: Any, clie
 
 
 def _forwarded_env() -> dict[str, str]:
-    """Settings of the driver's environment that rank 0's MLflow system-metrics monitor reads."""
-    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_SYSTEM_METRICS_")}
+    """Settings of the driver's environment that each node's MLflow system-metrics monitor reads (the
+    sampling interval, samples per point); not the node id, which each node names for itself."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("MLFLOW_SYSTEM_METRICS_") and k != "MLFLOW_SYSTEM_METRICS_NODE_ID"}
 
 
 def _printer(flag: Any) -> Any:

@@ -3,15 +3,22 @@ driver's stop flag and fatal errors (the StopFlag actor of orchestrator/interrup
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
+import tempfile
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 import ray
 
 from orchestrator import tracking
 from orchestrator.secrets import redact
+from orchestrator.tracking import record
 from orchestrator.tracking.tags import RESTART_TAG_PREFIX
 from orchestrator.train.checkpoint import TrainState
 
@@ -81,6 +88,50 @@ def _restart_cause(since: float) -> str:
         ips = ", ".join(sorted({str(n.get("NodeManagerAddress", "?")) for n in dead}))
         return f"node lost ({ips}); Ray Train restarted the worker group"
     return "a train worker process was lost; Ray Train restarted the worker group"
+
+
+@contextmanager
+def node_metrics(run_id: str, uri: str) -> Iterator[None]:
+    """One worker on each Ray node (the first to claim the node) samples the node's system metrics into
+    the run as ``system/<node>/*`` while it trains (orchestrator/tracking/record.py). They stop in the
+    ``finally``: at the end, on an error and on a stop request. A worker Ray Train kills to restart the
+    group takes the thread and its claim with its process; a restarted worker on the node claims it
+    again and continues the node's series, and a replacement node starts its own."""
+    claim = _claim_node(run_id, node := this_node()) if uri else None
+    monitor = None
+    if claim is not None:
+        try:
+            monitor = record.system_metrics(run_id, uri, node)
+        except Exception as err:  # no psutil, the tracking server away: training goes on without them
+            log(f"MLflow: no system metrics from node {node} ({redact(str(err))[:200]})")
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        if claim is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(claim.name)
+            claim.close()
+
+
+def _claim_node(run_id: str, node: str) -> IO[str] | None:
+    """An exclusive lock on a file named after the run and the Ray node, held by one process of the node
+    until it closes the file or dies. Per Ray node, not per address as Ray Train's local rank: the
+    name says which node, and several Ray nodes may share a machine."""
+    path = os.path.join(tempfile.gettempdir(), f"simclr-sysmetrics-{run_id}-{node}.lock")
+    f = open(path, "a")  # noqa: SIM115  # held open: the lock lives as long as the file is open
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another worker of this node holds it
+        f.close()
+        return None
+    return f
+
+
+def this_node() -> str:
+    """This worker's node, as its system metrics are named."""
+    return record.node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
 
 
 def check_fatal(flag: Any) -> None:

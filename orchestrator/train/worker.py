@@ -2,7 +2,8 @@
 
 The driver passes a ``TrainJob`` (orchestrator/train/job.py); the ``Trainer`` (trainer.py) runs it in
 named steps. Every worker runs the same steps and keeps the same state; rank 0 alone does I/O:
-progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics.
+progress lines, evaluation of the frozen backbone, checkpoint files and MLflow metrics. One worker
+on each node also samples that node's system metrics into the run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from orchestrator.train.env import ray_env
 from orchestrator.train.job import TrainJob
-from orchestrator.train.progress import check_fatal, set_console
+from orchestrator.train.progress import check_fatal, node_metrics, set_console
 from orchestrator.train.trainer import Trainer
 
 
@@ -19,4 +20,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
     set_console(job.stop_flag if job.console else None)
     check_fatal(job.stop_flag)
-    Trainer(job, ray_env()).fit()
+    with node_metrics(job.run_id, job.tracking_uri):
+        Trainer(job, ray_env()).fit()

@@ -17,9 +17,11 @@ def ray_cluster() -> Iterator[LocalCluster]:
     Three logical CPUs per node (on two real cores) let a run with 2-CPU train workers put exactly one
     worker on each node and still leave a CPU per node for Ray Data's tasks. The worker-group start
     timeout is raised for the loaded test machine: after a node loss, Ray Train waits for the
-    replacement node before it counts the restart as failed.
+    replacement node before it counts the restart as failed. The nodes sample their system metrics every
+    second, so that a short run has some from each node.
     """
-    cluster = LocalCluster(auth_mode="token", extra_env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "240"})
+    cluster = LocalCluster(auth_mode="token", extra_env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "240",
+                                                         "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     try:
         cluster.start_head(num_cpus=3)
         cluster.add_node(num_cpus=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import shlex
 import zipfile
 from pathlib import Path
@@ -162,3 +163,34 @@ def test_submit_with_bad_train_flags_fails_before_connecting(capsys: pytest.Capt
 def test_submit_registers_with_the_cli() -> None:
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"submit", "jobs"} <= set(sub.choices)
+
+
+JOB_LOG = [  # the head of a real job's log (Ray 2.60), cut into chunks that end mid-line
+    "2026-11-29 07:18:22,178\tINFO job_manager.py:581 -- Runtime env is setting up.\nRunning entry",
+    "point for job raysubmit_AbC: python -m orchestrator.cli train --epochs 2\ncluster.resources: the cluster ",
+    "has 6 CPU\nrun e2e, simclr (MLflow run 123) on a local Ray\n",
+    "2026-11-29 07:18:23,000\tWARNING job_manager.py:618 -- Failed to start supervisor\n",
+    "Running entrypoint for job raysubmit_Other: python x\n",  # not this job's: not Ray's header
+    "epoch 1/2 done: loss 3.9",
+]
+
+
+def test_run_stream_shows_the_runs_lines_and_leaves_out_rays_job_lines() -> None:
+    out = io.StringIO()
+    stream = jobs.RunStream(out, "raysubmit_AbC")
+    for chunk in JOB_LOG:
+        stream.write(chunk)
+    assert out.getvalue().endswith("Failed to start supervisor\nRunning entrypoint for job raysubmit_Other: python x\n")
+    stream.close()  # the last line had no newline yet
+    assert out.getvalue().splitlines() == [
+        "cluster.resources: the cluster has 6 CPU",
+        "run e2e, simclr (MLflow run 123) on a local Ray",
+        "2026-11-29 07:18:23,000\tWARNING job_manager.py:618 -- Failed to start supervisor",  # a reason: kept
+        "Running entrypoint for job raysubmit_Other: python x",
+        "epoch 1/2 done: loss 3.9",
+    ]
+    # the whole log, as `simclr jobs logs --follow` prints it, keeps Ray's lines
+    whole = io.StringIO()
+    for chunk in JOB_LOG:
+        jobs.print_stream(whole)(chunk)
+    assert whole.getvalue() == "".join(JOB_LOG)

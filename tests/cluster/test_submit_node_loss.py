@@ -78,3 +78,6 @@ def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoc
     assert run.data.params["train.max_failures"] == "3"  # the default
     restart = json.loads(run.data.tags["simclr.restart.1"])  # the restart is on the run
     assert 1 <= restart["resumed_after_epoch"] < EPOCHS
+    # system metrics from each node that trained: the head, the lost node, its replacement
+    nodes = {k.split("/")[1] for k in run.data.metrics if k.startswith("system/")}
+    assert len(nodes) == 3, sorted(nodes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,8 +94,12 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     (used,) = run.inputs.dataset_inputs
     assert used.dataset.name == "imagefolder" and used.dataset.digest
     assert json.loads(used.dataset.profile)["num_images"] == int(params["dataset.num_train"])
-    assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
-    assert client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+    # ... from the node that trains (one local node: its first worker's monitor, named by the node)
+    nodes = {k.split("/")[1] for k in run.data.metrics if k.startswith("system/")}
+    assert len(nodes) == 1 and re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", next(iter(nodes))), run.data.metrics.keys()
+    (node,) = nodes
+    assert client.get_metric_history(run.info.run_id, f"system/{node}/cpu_utilization_percentage")
+    assert client.get_metric_history(run.info.run_id, f"system/{node}/system_memory_usage_megabytes")
     # the final encoder as an MLflow model, linked to the run, that takes uint8 images and gives the
     # checkpoint's features without any of our code
     models = client.search_logged_models(experiment_ids=[out["experiment_id"]])
