@@ -17,7 +17,7 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
    LARS-adapted, biases and norm parameters not; a method may set its own decay or lr per group).
 6. ``before_epoch(model, epoch, cfg)`` at the start of every epoch (SwAV: its queue and prototype freeze go by
    epoch); ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
-   freezing its prototypes' gradients for the first steps).
+   freezing its prototypes' gradients in its first epochs).
 7. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
 8. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
 9. ``sections`` and ``check_config(cfg)``: the config sections the method owns (``Config`` composes them,
