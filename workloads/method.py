@@ -15,8 +15,9 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
    itself (for MoCo's key encoder and queue); ``net.image`` turns a uint8 batch into model input.
 5. ``param_groups(model, cfg)``: the optimiser's parameter groups (default: weights decayed and
    LARS-adapted, biases and norm parameters not; a method may set its own decay or lr per group).
-6. ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
-   freezing its prototypes' gradients for the first steps).
+6. ``before_epoch(model, epoch, cfg)`` at the start of every epoch (SwAV: its queue and prototype freeze go by
+   epoch); ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
+   freezing its prototypes' gradients in its first epochs).
 7. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
 8. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
 9. ``sections`` and ``check_config(cfg)``: the config sections the method owns (``Config`` composes them,
@@ -109,6 +110,9 @@ class Method:
         """The optimiser's parameter groups over ``trainable(model)``; keys beyond ``params`` override the
         optimiser's defaults per group (``weight_decay``, ``lr_scale``; ``lars_exclude`` for LARS)."""
         return param_groups(self.trainable(model), cfg.optim.weight_decay)
+
+    def before_epoch(self, model: nn.Module, epoch: int, cfg: Config) -> None:
+        """Called on every worker before the first step of each epoch (counting from 1), a resumed epoch too."""
 
     def before_optimizer_step(self, model: nn.Module, step: int, cfg: Config) -> None:
         """Called on every worker after backward (gradients all-reduced) and before gradient clipping and

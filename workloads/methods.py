@@ -14,6 +14,7 @@ from workloads.mae.method import MAE
 from workloads.method import Method
 from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR
+from workloads.swav.method import SwAV
 
 # the registry's dict itself, typed for the orchestrator: every entry is registered through `register`
 METHODS = cast("dict[str, Method]", registry.METHODS)
@@ -30,6 +31,7 @@ register(SimCLR())
 register(MoCo())
 register(MAE())
 register(Inpaint())
+register(SwAV())
 
 
 def method(name: str) -> Method:

@@ -129,6 +129,7 @@ class Trainer:
         if self.job.epoch_clock is not None:  # the stream's tasks draw this epoch's order and views
             ray.get(self.job.epoch_clock.set.remote(epoch))
         self.model.train()
+        self.method.before_epoch(self.core, epoch, cfg)
         loss_sum = torch.zeros((), device=device)
         steps, wait = 0, 0.0
         start = tick = time.perf_counter()

@@ -1,4 +1,4 @@
-"""MoCo and MAE end to end: `simclr train --method M` on digits with 2 workers, and a 2-trial
+"""MoCo, MAE and SwAV end to end: `simclr train --method M` on digits with 2 workers, and a 2-trial
 `simclr tune --method M` sweep. SimCLR's own runs are in test_train_e2e.py and test_tune.py."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from workloads.methods import method
 # The issue's methods. Inpainting, the baseline, shares MAE's single-view + mask path through Ray Data
 # and Ray Train; its own parts are unit-tested (tests/workloads/test_mae.py, test_methods.py) and its
 # 25-epoch run is in docs/METHODS.md. Left out here to keep the suite under 20 minutes on 2 cores.
-METHODS = ("moco", "mae")
+METHODS = ("moco", "mae", "swav")
 # Each method's own digits recipe, shortened for CI to as few epochs as show it learning.
-TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": []}
-TRAIN_EPOCHS = {"moco": 5, "mae": 2}  # MAE: its kNN dips from epoch 3 (docs/METHODS.md)
+TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": [], "swav": ["eval.every_epochs=100"]}
+TRAIN_EPOCHS = {"moco": 5, "mae": 2, "swav": 4}  # MAE: its kNN dips from epoch 3 (docs/METHODS.md)
 COMMON_SETS = ["eval.linear_probe_epochs=10"]
 # Sweeps: two trials at once, one worker each, one epoch of synthetic images without labels (no
 # evaluation; the metric is the loss).
@@ -36,7 +36,9 @@ SWEEP_SETS = {"data.source": "synthetic", "data.num_samples": 256, "data.image_s
 SWEEP_MODEL = {"moco": {"model.widths": [8, 16], "model.blocks": [1, 1], "model.proj_dim": 16,
                         "moco.queue_size": 256},
                "mae": {"model.vit_dim": 32, "model.vit_depth": 1, "model.vit_heads": 2, "mae.decoder_dim": 16,
-                       "mae.decoder_depth": 1, "mae.decoder_heads": 2}}
+                       "mae.decoder_depth": 1, "mae.decoder_heads": 2},
+               "swav": {"model.widths": [8, 16], "model.blocks": [1, 1], "model.proj_dim": 16,
+                        "swav.num_prototypes": 32}}
 
 
 def _env() -> dict[str, str]:
@@ -103,6 +105,9 @@ def test_method_trains_on_digits_with_two_workers_and_beats_its_initial_knn(
     if name == "moco":  # the checkpoint carries the key encoder and the queue
         assert any(k.startswith("key_encoder.") for k in state["model"])
         assert state["model"]["queue"].shape[0] == 1024  # the digits recipe's queue
+    if name == "swav":  # the checkpoint carries the prototypes and the queue of every worker
+        assert state["model"]["prototypes.weight"].shape == (300, 64)
+        assert state["model"]["queue"].shape == (2, 384, 64)
     print(f"{name}: kNN top-1 {knn}", file=sys.stderr)
 
 

@@ -213,3 +213,33 @@ def test_colour_stage_on_the_training_device_gives_the_data_workers_views_bit_fo
         assert set(finished) == {"view0", "view1", ROW_ID}
         for column in ("view0", "view1", ROW_ID):
             assert np.array_equal(plain[column], finished[column].numpy())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_multi_crop_views_of_two_sizes_arrive_through_the_stream_and_feed_swav(small_folder: Path) -> None:
+    """Multi-crop (workloads/multicrop.py): large and small crops travel as separate columns of one row;
+    ``iter_torch_batches`` delivers each at its own size, and SwAV's loss normalises and consumes them."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from workloads.method import Net, normalize
+    from workloads.methods import method
+
+    cfg = config(source="imagefolder", root=str(small_folder)).replace(
+        {"method": "swav", "multicrop.small_crops": 3, "multicrop.small_size": 8, "model.widths": [8, 16],
+         "model.blocks": [1, 1], "swav.num_prototypes": 10})
+    data = prepare(cfg.data, seed=0)
+    assert data.train is not None
+    batches = epoch_batches(cfg, data.train, 1, batch=16)
+    assert len(batches) == CLASSES * 20 // 16
+    shapes = {name: v.shape for name, v in batches[0].items() if name != ROW_ID}
+    assert shapes == {"view0": (16, 3, 16, 16), "view1": (16, 3, 16, 16), "small0": (16, 3, 8, 8),
+                      "small1": (16, 3, 8, 8), "small2": (16, 3, 8, 8)}
+    assert all(v.dtype == np.uint8 for name, v in batches[0].items() if name != ROW_ID)
+    swav = method("swav")
+    model = swav.build_model(cfg)
+    batch = {k: torch.from_numpy(v) for k, v in batches[0].items() if k != ROW_ID}
+    loss = swav.loss(Net(forward=model, core=model, image=normalize, autocast=nullcontext),
+                     batch, cfg)
+    assert loss.ndim == 0 and torch.isfinite(loss)

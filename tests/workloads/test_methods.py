@@ -16,7 +16,7 @@ from workloads.optim import build_optimizer
 from workloads.recipes import recipe
 from workloads.simclr.loss import nt_xent
 
-METHOD_NAMES = ("simclr", "moco", "mae", "inpaint")
+METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav")
 
 
 def test_the_dict_holds_every_method_the_config_accepts() -> None:
@@ -26,7 +26,7 @@ def test_the_dict_holds_every_method_the_config_accepts() -> None:
 
 
 def test_unknown_method_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="method must be one of simclr, moco, mae, inpaint; got 'byol'"):
+    with pytest.raises(ConfigError, match="method must be one of simclr, moco, mae, inpaint, swav; got 'byol'"):
         method("byol")
     with pytest.raises(ConfigError, match="config.method must be one of"):
         Config.from_dict({"method": "byol"})
