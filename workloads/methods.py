@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import cast
 
 from workloads import registry
+from workloads.byol.method import BYOL
 from workloads.config import ConfigError
 from workloads.inpaint.method import Inpaint
 from workloads.mae.method import MAE
 from workloads.method import Method
 from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR
+from workloads.vae.method import VAE
 
 # the registry's dict itself, typed for the orchestrator: every entry is registered through `register`
 METHODS = cast("dict[str, Method]", registry.METHODS)
@@ -30,6 +32,8 @@ register(SimCLR())
 register(MoCo())
 register(MAE())
 register(Inpaint())
+register(BYOL())
+register(VAE())
 
 
 def method(name: str) -> Method:
