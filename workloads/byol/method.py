@@ -40,7 +40,7 @@ class BYOL(Method):
     name = "byol"
     recipes = RECIPES
     sections = {"aug": AugConfig, "byol": BYOLConfig}  # noqa: RUF012
-    search = ("byol.momentum=uniform(0.9,0.999)", "optim.lr=loguniform(0.3,3.0)")
+    search = ("byol.momentum=uniform(0.9,0.999)", "optim.lr=loguniform(0.5,5.0)")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)

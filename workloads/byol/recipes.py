@@ -7,15 +7,17 @@ from workloads.simclr import recipes as simclr_recipes
 
 
 def digits() -> Config:
-    """SimCLR's digits recipe (small ResNet 32/64/128, LARS lr 1.0·B/256, batch 128, 25 epochs, the same
-    augmentation) with BYOL's networks scaled down: projector 256 → 64 and predictor 256 → 64 (BYOL: 4096 →
-    256), τ_base 0.99 with the cosine schedule (solo-learn's CIFAR value; BYOL's 0.996 averages over ~250
-    steps, the length of this whole run). Ours: sized to learn in minutes on 2 CPU cores.
+    """SimCLR's digits recipe (small ResNet 32/64/128, LARS, batch 128, 25 epochs, the same augmentation)
+    with BYOL's networks scaled down: projector 256 → 64 and predictor 256 → 64 (BYOL: 4096 → 256), τ_base
+    0.99 with the cosine schedule (solo-learn's CIFAR value; BYOL's 0.996 averages over ~250 steps, the
+    length of this whole run), LARS lr 3.0·B/256. Ours: sized to learn in minutes on 2 CPU cores; on one
+    process for 10 epochs, lr 0.3 / 1.0 / 3.0 ended at kNN 0.894 / 0.903 / 0.925 from 0.908.
     """
     return simclr_recipes.digits().replace({
         "method": "byol",
         "model.proj_hidden_dim": 256, "model.proj_dim": 64, "model.proj_layers": 2,
         "byol.momentum": 0.99, "byol.momentum_schedule": "cosine", "byol.pred_hidden_dim": 256,
+        "optim.lr": 3.0,
     })
 
 
