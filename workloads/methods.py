@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import cast
 
 from workloads import registry
+from workloads.byol.method import BYOL
 from workloads.config import ConfigError
 from workloads.inpaint.method import Inpaint
 from workloads.mae.method import MAE
@@ -15,6 +16,7 @@ from workloads.method import Method
 from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR
 from workloads.swav.method import SwAV
+from workloads.vae.method import VAE
 
 # the registry's dict itself, typed for the orchestrator: every entry is registered through `register`
 METHODS = cast("dict[str, Method]", registry.METHODS)
@@ -32,6 +34,8 @@ register(MoCo())
 register(MAE())
 register(Inpaint())
 register(SwAV())
+register(BYOL())
+register(VAE())
 
 
 def method(name: str) -> Method:

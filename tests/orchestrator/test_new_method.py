@@ -120,6 +120,6 @@ def test_a_registered_method_trains_a_step_through_the_trainer(registered: Metho
 
 
 def test_unregistering_leaves_the_built_in_methods() -> None:
-    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav")
-    with pytest.raises(ConfigError, match="config.method must be one of simclr, moco, mae, inpaint, swav"):
+    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
+    with pytest.raises(ConfigError, match="config.method must be one of simclr, moco, mae, inpaint, swav, byol, vae"):
         Config(method="mean_colour")

@@ -16,7 +16,7 @@ from workloads.optim import build_optimizer
 from workloads.recipes import recipe
 from workloads.simclr.loss import nt_xent
 
-METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav")
+METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
 
 
 def test_the_dict_holds_every_method_the_config_accepts() -> None:
@@ -26,10 +26,10 @@ def test_the_dict_holds_every_method_the_config_accepts() -> None:
 
 
 def test_unknown_method_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="method must be one of simclr, moco, mae, inpaint, swav; got 'byol'"):
-        method("byol")
+    with pytest.raises(ConfigError, match="method must be one of simclr, moco, mae, inpaint, swav, byol, vae; got 'dino'"):
+        method("dino")
     with pytest.raises(ConfigError, match="config.method must be one of"):
-        Config.from_dict({"method": "byol"})
+        Config.from_dict({"method": "dino"})
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -81,6 +81,8 @@ def _tiny(name: str) -> Config:
                      "mae.decoder_dim": 8, "mae.decoder_depth": 1, "mae.decoder_heads": 2}
     if name == "moco":
         overrides["moco.queue_size"] = 32
+    if name == "byol":
+        overrides.update({"model.proj_hidden_dim": 16, "byol.pred_hidden_dim": 16})
     return recipe("digits", name).replace(overrides)
 
 
