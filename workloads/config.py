@@ -2,9 +2,9 @@
 
 This module holds the sections every method reads (data, model, optim, train, eval, tracking) and names
 no method: each method folder declares its own sections (``aug`` in workloads/views.py, ``loss`` in
-workloads/contrastive.py, ``moco``, ``mae``), and ``Config`` composes those of the registered methods
-(workloads/registry.py) under their names, so ``cfg.moco.queue_size`` and ``--set moco.queue_size=...``
-read as the shared ones do.
+workloads/contrastive.py, one named after the method in its folder), and ``Config`` composes those of the
+registered methods (workloads/registry.py) under their names, so ``cfg.<section>.<field>`` and
+``--set <section>.<field>=...`` read as the shared ones do.
 
 Dicts exist only at the boundaries (YAML, ``--set``, Ray's ``train_loop_config``, MLflow params);
 ``Config.from_dict`` turns a dict back into the typed tree and rejects unknown keys and bad values
@@ -245,17 +245,17 @@ SHARED_SECTIONS: dict[str, type] = {
 
 class Config:
     """The whole resolved configuration of one training run: the method's name, the shared sections, and
-    a section of every registered method's (``cfg.loss``, ``cfg.moco``: attributes, as the shared ones).
+    a section of every registered method's (``cfg.loss``, ``cfg.<method>``: attributes, as the shared ones).
 
     A registered method's sections are present whichever method runs (a YAML may carry them), but only
     the running method's reach MLflow. On construction each section checks its own fields, then the
     method checks the rules across sections (``Method.check_config``).
     """
 
-    def __init__(self, method: str = "simclr", data: DataConfig | None = None, model: ModelConfig | None = None,
+    def __init__(self, method: str = "", data: DataConfig | None = None, model: ModelConfig | None = None,
                  optim: OptimConfig | None = None, train: TrainConfig | None = None,
                  eval: EvalConfig | None = None, tracking: TrackingConfig | None = None, **sections: Any) -> None:
-        self.method = method
+        self.method = method or registry.default_method()  # "": the first registered (methods.py)
         self.data = data if data is not None else DataConfig()
         self.model = model if model is not None else ModelConfig()
         self.optim = optim if optim is not None else OptimConfig()
@@ -263,7 +263,7 @@ class Config:
         self.eval = eval if eval is not None else EvalConfig()
         self.tracking = tracking if tracking is not None else TrackingConfig()
         types = method_sections()
-        unknown = sorted(set(sections) - set(types))
+        unknown = sorted(set(sections) - set(types), key=str)
         if unknown:
             known = ", ".join([*SHARED_SECTIONS, *types])
             raise ConfigError(f"unknown section {unknown[0]!r}; known sections: {known}")
@@ -274,7 +274,7 @@ class Config:
         registry.METHODS[self.method].check_config(self)
 
     def __getattr__(self, name: str) -> Any:
-        """A registered method's section: ``cfg.loss``, ``cfg.moco``, ``cfg.mae``."""
+        """A registered method's section: ``cfg.loss``, ``cfg.<method>``."""
         sections = self.__dict__.get("sections", {})  # not yet set while unpickling
         if name in sections:
             return sections[name]
@@ -301,7 +301,7 @@ class Config:
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys.
 
-        Sections of other methods are left out (a SimCLR run has no ``moco.*`` params)."""
+        Sections of other methods are left out (a run has no params of another method's own section)."""
         running = registry.METHODS.get(self.method)
         own = set(running.sections) if running is not None else set()
         flat: dict[str, Any] = {"method": self.method}
@@ -315,7 +315,7 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a mapping of fields; got {type(data).__name__} {data!r}")
         types = {**SHARED_SECTIONS, **method_sections()}
-        unknown = sorted(set(data) - {"method", *types})
+        unknown = sorted(set(data) - {"method", *types}, key=str)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; known keys of config: {', '.join(['method', *types])}")
         kwargs = {name: coerce(str, value, name) if name == "method" else from_plain(types[name], value, name)

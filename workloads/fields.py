@@ -46,7 +46,7 @@ def from_plain(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a mapping of fields; got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"unknown key {name!r}; known keys of {where}: {', '.join(fields)}")

@@ -47,6 +47,11 @@ def register(method: M) -> M:
     return method
 
 
+def default_method() -> str:
+    """The method a config without one trains: the first registered ("" before any is)."""
+    return next(iter(METHODS), "")
+
+
 def unregister(name: str) -> None:
     METHODS.pop(name, None)
 

@@ -189,21 +189,12 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             quiet_ray_data()
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-        start = time.perf_counter()
-        data = prepared or prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
-        prepare_seconds = time.perf_counter() - start
+        data, prepare_seconds = _prepare(cfg, prepared, resources)
         steps = (data.num_train // cfg.train.workers) // cfg.train.worker_batch_size
         if steps < 1:
             raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {data.num_train} training "
                             f"images; lower train.batch_size")
-        if previous is not None and resuming:
-            run_id = previous.info.run_id
-            tracking.reopen_run(client, run_id)
-        else:
-            tags = run_tags(cfg, cfg.train.workers)
-            if parent_run_id:
-                tags["mlflow.parentRunId"] = parent_run_id
-            run_id = tracking.start_run(client, exp_id, name, cfg.to_flat_dict(), tags)
+        run_id = _open_run(client, exp_id, cfg, previous if resuming else None, parent_run_id)
         console.current().say(header(cfg, run_id, data.num_train, data.num_classes, steps, cpw, resources))
         client.log_metric(run_id, "prepare_seconds", prepare_seconds)  # ~0 when a sweep prepared the data
         tracking.set_tags(client, run_id, {DATA_PREPARED_BY_TAG: "sweep" if prepared else "run"})
@@ -221,6 +212,24 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
         tracking.set_tags(client, run_id, {COMPLETE_TAG: str(outcome.complete).lower()})
         tracking.end_run(client, run_id, "FINISHED")
         return outcome
+
+
+def _open_run(client: Any, exp_id: str, cfg: Config, previous: Any, parent_run_id: str) -> str:
+    """The MLflow run: the resumed run reopened, else a new one (a child of ``parent_run_id`` if set)."""
+    if previous is not None:
+        tracking.reopen_run(client, previous.info.run_id)
+        return str(previous.info.run_id)
+    tags = run_tags(cfg, cfg.train.workers)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return str(tracking.start_run(client, exp_id, cfg.train.name, cfg.to_flat_dict(), tags))
+
+
+def _prepare(cfg: Config, prepared: PreparedData | None, resources: dict[str, float]) -> tuple[PreparedData, float]:
+    """``cfg.data`` read and decoded (or as a sweep prepared it), and the seconds it took here."""
+    start = time.perf_counter()
+    data = prepared or prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
+    return data, time.perf_counter() - start
 
 
 def failure_message(err: BaseException) -> str:
