@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from orchestrator.train.session import RayOptions
-from workloads.config import Config
 
 # ~256 synthetic 16 px images, a 2-stage ResNet of widths 8/16: an epoch takes a few seconds.
 TINY: dict[str, object] = {
@@ -35,13 +30,3 @@ def tiny_sets() -> list[str]:
     import json
 
     return [arg for k, v in TINY.items() for arg in ("--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}")]
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Config:
-    """TINY with its MLflow store and checkpoints under tmp_path."""
-    return Config().replace({
-        **TINY,
-        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "train.storage_path": str(tmp_path / "runs"),
-    })

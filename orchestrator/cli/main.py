@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simclr: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
-        if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
+        if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError",
+                                      "NonFiniteLossError"):
             raise  # a bug: keep the traceback
         from orchestrator.train.driver import failure_message
 

@@ -159,7 +159,12 @@ def _rows_of(table: pa.Table, column: str) -> np.ndarray:
 def _block_store(ds: ray.data.Dataset, encoded: bool, policy: str, ids_column: str = "") -> RowStore:
     """A materialised dataset's blocks as a row store; row ids from ``ids_column``, else positions."""
     refs = ds.to_arrow_refs()
-    ids = ray.get([_rows_of.remote(ref, ids_column or next(iter(ds.schema().names))) for ref in refs])
+    # Never in the caller's placement group: a Tune trial that prepares its own data (a searched data.*
+    # key, --prepare-per-trial) runs in one of 0.1 CPU, which its own process already holds, so a task
+    # captured there would never start (Tune refuses it: "No trial resources are available"). Ray Data's
+    # own tasks are scheduled SPREAD/DEFAULT, outside it, as this one is now.
+    rows_of = _rows_of.options(scheduling_strategy="DEFAULT")
+    ids = ray.get([rows_of.remote(ref, ids_column or next(iter(ds.schema().names))) for ref in refs])
     blocks = [(ref, len(i)) for ref, i in zip(refs, ids, strict=True)]
     row_ids = np.concatenate(ids) if ids_column else np.arange(sum(n for _, n in blocks))
     return RowStore.from_blocks(blocks, row_ids, encoded=encoded, bad_images=policy)

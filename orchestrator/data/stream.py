@@ -165,6 +165,14 @@ def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, cloc
     return {**{name: v.numpy() for name, v in views.items()}, ROW_ID: ids}
 
 
+def first_views(store: RowStore, cfg: Config, rows: int) -> dict[str, np.ndarray]:
+    """The views of the first ``rows`` rows of epoch 0's order, made here as the stream's first task makes
+    them (the same rows, the same random draws): the run's picture of its augmented views, without
+    starting a Ray Data execution for it."""
+    return chunk_views({"id": np.zeros(1, np.int64)}, store, cfg.replace({"data.augment_batch_size": rows}),
+                       clock=None, epoch=0)
+
+
 def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int, center_square: bool
            ) -> tuple[Images, np.ndarray]:
     """The images at ``positions`` as uint8 (B, 3, S, S) when they share a shape, else a list of

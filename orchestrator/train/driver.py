@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator import console, tracking
 from orchestrator.data import sources
 from orchestrator.data.prepare import PreparedData, prepare
-from orchestrator.data.stream import ROW_ID, EpochClock, train_stream
+from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stream
 from orchestrator.errors import UserError
 from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
@@ -250,7 +250,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     on_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     clock = EpochClock.options(scheduling_strategy=on_driver).remote()  # type: ignore[attr-defined]
     train_ds = train_stream(data.train, cfg, clock)
-    _log_inputs(cfg, data, steps, train_ds, client, run_id)
+    _log_inputs(cfg, data, steps, client, run_id)
     datasets: dict[str, Any] = {"train": train_ds}
     if data.num_classes and data.eval_bank is not None and data.eval_test is not None:
         datasets.update(eval_bank=data.eval_bank, eval_test=data.eval_test)
@@ -262,7 +262,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     # system metrics come from the nodes that train (orchestrator/train/progress.py: node_metrics), not
     # from here: the driver's node either hosts workers too (a local run: the same numbers twice) or
     # trains nothing (the head, for a submitted job)
-    result, stopped = run_interruptibly(trainer.fit, stop_flag, _printer(stop_flag) if quiet else None)
+    result, stopped = run_interruptibly(trainer.fit, stop_flag, _poller(stop_flag, quiet))
     if stopped:
         where = result.checkpoint.path if result.checkpoint else "-"
         raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
@@ -313,15 +313,16 @@ def _torch_trainer(job: TrainJob, datasets: dict[str, Any], cpw: float, callback
     )
 
 
-def _log_inputs(cfg: Config, data: PreparedData, steps: int, train_ds: Any, client: Any, run_id: str) -> None:
+def _log_inputs(cfg: Config, data: PreparedData, steps: int, client: Any, run_id: str) -> None:
     """What goes into the run, before it trains: the config, a grid of augmented views, the dataset."""
+    assert data.train is not None
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "config.yaml")
         with open(config_path, "w") as f:
             yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
         client.log_artifact(run_id, config_path)
-        sample = finish_views({k: torch.as_tensor(v.copy()) for k, v in train_ds.take_batch(16, batch_format="numpy")
-                               .items() if k != ROW_ID}, cfg)  # the views as the trainer sees them
+        sample = finish_views({k: torch.as_tensor(v) for k, v in first_views(data.train, cfg, 16).items()
+                               if k != ROW_ID}, cfg)  # the views as the trainer sees them
         grid = os.path.join(tmp, "augmented_views.png")
         plots.views_grid(sample["view0"], sample.get("view1"), grid)
         client.log_artifact(run_id, grid, "plots")
@@ -339,6 +340,34 @@ def _forwarded_env() -> dict[str, str]:
     sampling interval, samples per point); not the node id, which each node names for itself."""
     return {k: v for k, v in os.environ.items()
             if k.startswith("MLFLOW_SYSTEM_METRICS_") and k != "MLFLOW_SYSTEM_METRICS_NODE_ID"}
+
+
+def _poller(flag: Any, quiet: bool) -> Any:
+    """What the driver does twice a second while the workers train: print rank 0's progress lines
+    (``quiet``), and every few seconds ask whether a worker hit a failure a restart would only repeat (a
+    non-finite loss): then the run fails now, rather than after Ray Train has restarted the worker
+    group ``train.max_failures`` times only to fail again at its first step."""
+    printer = _printer(flag) if quiet else None
+    last = 0.0
+
+    def poll() -> None:
+        nonlocal last
+        if printer is not None:
+            printer()
+        if time.monotonic() - last < FATAL_POLL_S:
+            return
+        last = time.monotonic()
+        try:
+            message: str = ray.get(flag.fatal_error.remote(), timeout=5)
+        except Exception:  # the actor is busy or gone: Ray Train reports the failure itself
+            return
+        if message:
+            raise NonFiniteLossError(message)
+
+    return poll
+
+
+FATAL_POLL_S = 2.0
 
 
 def _printer(flag: Any) -> Any:

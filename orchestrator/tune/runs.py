@@ -70,6 +70,13 @@ def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
             if run is runs[-1] and trial.status == "stopped_early":
                 tags[STOPPED_EARLY_TAG] = "true"
             tracking.set_tags(client, run_id, tags)
+            if STOPPED_EARLY_TAG in tags and run.info.status == "FAILED":
+                # ASHA's stop removes the trial's placement group; the training inside may see its actors
+                # die first and end the run FAILED ("placement group was removed"): it was stopped, as asked
+                if "error" in run.data.tags:
+                    client.delete_tag(run_id, "error")
+                tracking.end_run(client, run_id, "FINISHED")
+                continue
             if run.info.status != "RUNNING":
                 continue
             if trial.status == "failed":

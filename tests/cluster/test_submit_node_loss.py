@@ -1,4 +1,5 @@
-"""Losing the node that holds a train worker: the job resumes from the last checkpoint and finishes.
+"""`simclr submit train` on a real two-node Ray cluster with token auth, tracked in MLflow, losing the
+node that holds a train worker on the way: the job resumes from the last checkpoint and finishes.
 
 The ray 46814 complaint (a node loss restarting training from epoch 1) checked end to end: a 2-worker
 run with one worker on each node; once epoch 1 is checkpointed the worker node is SIGKILLed (raylet,
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
-from local_ray import TINY, LocalCluster, find_run, simclr
+from local_ray import SIMCLR, TINY, LocalCluster, find_run, simclr
 from mlflow.tracking import MlflowClient
 
 EPOCHS = 5
@@ -39,45 +41,73 @@ def registered_epoch(run_dir: Path) -> int:
     return int(name.rsplit("_", 1)[1])
 
 
-def test_killing_a_train_workers_node_resumes_from_checkpoint_and_logs_each_epoch_once(
+def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_logs_each_epoch_once(
         ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "runs"
     auth = ["--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)]
-    # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data.
-    submitted = simclr(["submit", "--no-wait", "train", *TINY, "--set", "data.num_samples=256",
-                        "--epochs", str(EPOCHS), "--workers", "2", "--name", "node-loss",
-                        "--set", "train.cpus_per_worker=2",
-                        "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
-                       client_env, tmp_path, timeout=300)
-    assert submitted.returncode == 0, submitted.stderr[-3000:]
-    job_id = submitted.stdout.strip().splitlines()[0]
+    # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data. The
+    # client follows the job as a user's terminal would (no --no-wait); its output goes to files.
+    with open(tmp_path / "submit.stdout", "w") as out, open(tmp_path / "submit.stderr", "w") as err:
+        submit = subprocess.Popen(
+            [SIMCLR, "submit", "train", *TINY, "--set", "data.num_samples=256", "--epochs", str(EPOCHS),
+             "--workers", "2", "--name", "node-loss", "--set", "train.cpus_per_worker=2",
+             "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
+            env=client_env, cwd=tmp_path, stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
+    try:
+        victim = ray_cluster.nodes[-1]  # the newest worker node (the head is nodes[0])
+        wait_until(lambda: len(ray_cluster.actors_on(victim, "RayTrainWorker")) == 1, 420,
+                   f"a train worker on {victim.tag}", poll=1.0)
+        wait_until(lambda: registered_epoch(storage / "node-loss") >= 1, 420, "a registered checkpoint")
+        victim.kill()
+        assert registered_epoch(storage / "node-loss") < EPOCHS, "the run ended before the kill"
+        ray_cluster.add_node(num_cpus=3)  # the replacement, as an autoscaler would launch
+        code = submit.wait(timeout=600)
+    finally:
+        submit.kill()
+    stdout, stderr = (tmp_path / "submit.stdout").read_text(), (tmp_path / "submit.stderr").read_text()
+    assert code == 0, stderr[-4000:]
+    job_id = stdout.strip().splitlines()[0]
+    assert job_id.startswith("raysubmit_"), stdout
+    assert f"job {job_id} SUCCEEDED" in stderr
+    # The job's driver has no terminal: what it prints (and the client streams) is our header, epoch
+    # lines, the restart and the result; Ray's own output (the connection, Ray Data, the workers' logs,
+    # the lost node) went to the run's log file. The lines Ray's job manager and supervisor write into
+    # the job's log, and the Jobs SDK's end-of-stream line, are not shown either.
+    assert f"epoch 1/{EPOCHS} done" in stderr and f"epoch {EPOCHS}/{EPOCHS} done" in stderr
+    assert "  Ray's output: " in stderr and "restart 1: " in stderr
+    for noise in ("Connecting to existing Ray cluster", "RayTrainWorker", "(pid=", "Running Dataset",
+                  "Runtime env is setting up", "job_manager.py", "Running entrypoint for job", "WebSocket closed"):
+        assert noise not in stderr, stderr
+    assert len(stderr.splitlines()) < 40, stderr
+    assert ray_cluster.token not in stdout + stderr
 
-    victim = ray_cluster.nodes[-1]  # the newest worker node (the head is nodes[0])
-    wait_until(lambda: len(ray_cluster.actors_on(victim, "RayTrainWorker")) == 1, 420,
-               f"a train worker on {victim.tag}", poll=1.0)
-    wait_until(lambda: registered_epoch(storage / "node-loss") >= 1, 420, "a registered checkpoint")
-    victim.kill()
-    assert registered_epoch(storage / "node-loss") < EPOCHS, "the run ended before the kill"
-    ray_cluster.add_node(num_cpus=3)  # the replacement, as an autoscaler would launch
-
-    followed = simclr(["jobs", "logs", "--follow", job_id, *auth], client_env, tmp_path, timeout=600)
-    assert followed.returncode == 0, (followed.stdout + followed.stderr)[-4000:]
-    logs = simclr(["jobs", "logs", job_id, *auth], client_env, tmp_path, timeout=120).stdout
-    (tmp_path / "job.log").write_text(logs)  # kept by pytest for a post-mortem
-
-    resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", logs)]
-    assert resumed, "the workers never restarted from a checkpoint:\n" + logs[-3000:]
+    logs = simclr(["jobs", "logs", job_id, *auth], client_env, tmp_path, timeout=120)
+    assert logs.returncode == 0, logs.stderr
+    (tmp_path / "job.log").write_text(logs.stdout)  # kept by pytest for a post-mortem
+    # Ray's lines are still in the job's log
+    assert "Runtime env is setting up" in logs.stdout and f"Running entrypoint for job {job_id}: " in logs.stdout
+    resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", logs.stdout)]
+    assert resumed, "the workers never restarted from a checkpoint:\n" + logs.stdout[-3000:]
     assert all(1 <= n < EPOCHS for n in resumed), resumed  # from a checkpoint, not from scratch
-    assert logs.count(f"epoch 1/{EPOCHS} done") == 1  # epoch 1 was not trained again
+    assert logs.stdout.count(f"epoch 1/{EPOCHS} done") == 1  # epoch 1 was not trained again
+
+    listed = simclr(["jobs", "list", *auth], client_env, tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
 
     run = find_run(uri, "node-loss")
     assert run.info.status == "FINISHED"
+    assert run.data.params["train.workers"] == "2"
     steps = [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # each epoch once, none lost
     assert run.data.params["train.max_failures"] == "3"  # the default
     restart = json.loads(run.data.tags["simclr.restart.1"])  # the restart is on the run
     assert 1 <= restart["resumed_after_epoch"] < EPOCHS
-    # system metrics from each node that trained: the head, the lost node, its replacement
+    # system metrics from each node that trained, each series named by its node: one address here, three
+    # Ray node ids (the head, the lost node, its replacement)
     nodes = {k.split("/")[1] for k in run.data.metrics if k.startswith("system/")}
     assert len(nodes) == 3, sorted(nodes)
+    assert all(re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", n) for n in nodes), nodes
+    for node in nodes:
+        assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics

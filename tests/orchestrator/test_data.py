@@ -192,6 +192,32 @@ def test_image_folder_decodes_to_the_configured_size_with_class_labels(tmp_path:
         assert_colour_matches_label(rows(ds), 8)
 
 
+@ray.remote(num_cpus=0.1)
+class _Preparer:
+    def num_train(self, cfg: DataConfig) -> int:
+        return prepare(cfg, seed=0).num_train
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_image_folder_prepares_inside_a_tune_trials_placement_group(tmp_path: Path) -> None:
+    """A sweep trial that prepares its own data (a searched data.* key, --prepare-per-trial) runs in
+    Tune's placement group of one 0.1-CPU bundle that captures its child tasks: the preparation's tasks
+    must run outside it (a task captured there never starts: the trial's own process holds the bundle)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    write_image_folder(tmp_path)
+    pg = placement_group([{"CPU": 0.1}])
+    ray.get(pg.ready(), timeout=60)
+    try:
+        trial = _Preparer.options(scheduling_strategy=PlacementGroupSchedulingStrategy(  # type: ignore[attr-defined]
+            pg, placement_group_capture_child_tasks=True)).remote()
+        cfg = DataConfig(source="imagefolder", root=str(tmp_path), image_size=8, holdout_fraction=0.25)
+        assert ray.get(trial.num_train.remote(cfg), timeout=120) == 9
+    finally:
+        remove_placement_group(pg)
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_image_files_by_uri_decode_with_unknown_labels(tmp_path: Path) -> None:
     write_image_folder(tmp_path, per_class=2)

@@ -233,6 +233,9 @@ def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_
     assert steps == [1]
     state = load_state_file(str(tmp_path / "runs" / "nan" / "checkpoint_epoch_00001"))
     assert state["epoch"] == 1
+    # failed at once: a restart would only repeat the loss, so the worker group was never restarted
+    (log,) = (tmp_path / "runs" / "nan" / "logs").iterdir()
+    assert log.read_text().count("Attempting to start training worker group") == 1
     # bad images: skipped and counted
     assert run.data.params["dataset.bad_images_skipped"] == str(bad)
     assert run.data.metrics["bad_images_skipped"] == bad

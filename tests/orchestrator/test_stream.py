@@ -22,7 +22,7 @@ from PIL import Image
 
 from orchestrator.data import sources
 from orchestrator.data.prepare import prepare
-from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, train_stream
+from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, first_views, train_stream
 from workloads.config import Config
 from workloads.views import finish_views
 
@@ -119,6 +119,24 @@ def test_same_seed_gives_the_same_first_batch_bit_for_bit_and_another_seed_does_
         assert np.array_equal(same[column], again[column])
     assert not np.array_equal(same[ROW_ID], other[ROW_ID])
     assert not np.array_equal(same["view0"], other["view0"])
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("device", ["data", "train"])
+def test_the_views_picture_shows_the_rows_and_views_the_stream_gives_first(small_folder: Path, device: str) -> None:
+    """The driver draws the run's picture of augmented views itself (no Ray Data execution for 16 images):
+    the same rows and the same views as the first rows of the stream before training (epoch 0), for
+    views made whole on the data workers and for crops finished on the training device."""
+    cfg = config(source="imagefolder", root=str(small_folder), seed=3).replace({"aug.device": device})
+    data = prepare(cfg.data, seed=3)
+    assert data.train is not None
+    streamed = epoch_batches(cfg, data.train, 0, batch=16)[0]
+    drawn = first_views(data.train, cfg, 16)
+    assert set(drawn) == set(streamed)
+    for column in drawn:
+        assert np.array_equal(drawn[column], streamed[column]), column
+    views = finish_views({k: torch.as_tensor(v) for k, v in drawn.items() if k != ROW_ID}, cfg)
+    assert views["view0"].shape == (16, 3, 16, 16) and views["view0"].dtype == torch.uint8
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -181,3 +181,38 @@ def test_train_step_runs_the_deferred_colour_stage_on_the_device_as_the_data_wor
     (loss_data, weights_data), (loss_device, weights_device) = results
     assert torch.equal(loss_data, loss_device)
     assert all(torch.equal(a, b) for a, b in zip(weights_data, weights_device, strict=True))
+
+
+class _Remote:
+    """An actor method as the driver calls it (``.remote()``), answering at once; counts the calls."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer, self.calls = answer, 0
+
+    def remote(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.answer
+
+
+def test_driver_fails_the_run_as_soon_as_a_worker_reports_a_non_finite_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-finite loss would repeat after every restart: the driver's poll raises it at once instead of
+    waiting for Ray Train to restart the worker group train.max_failures times; it asks every
+    FATAL_POLL_S, not on every poll."""
+    from orchestrator.train import driver
+
+    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout=None: ref)  # the fake's answers, as they are
+    clock = [100.0]
+    monkeypatch.setattr(driver.time, "monotonic", lambda: clock[0])
+
+    class Flag:
+        fatal_error = _Remote("")
+        lines = _Remote([])
+
+    poll = driver._poller(Flag, quiet=True)
+    poll()
+    poll()  # within FATAL_POLL_S: not asked again
+    assert Flag.fatal_error.calls == 1 and Flag.lines.calls == 2
+    Flag.fatal_error.answer = "non-finite loss (nan) at epoch 2, step 1; lower optim.lr"
+    clock[0] += driver.FATAL_POLL_S
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
+        poll()

@@ -208,6 +208,43 @@ def test_best_trial_prefers_completed_trials() -> None:
     assert best is not None and best.trial_id == "b"
 
 
+def test_child_runs_are_ended_as_their_trials_ended_and_a_stopped_trial_is_never_failed(tmp_path: Path) -> None:
+    """After the sweep: runs Tune's kill left RUNNING are ended by their trial's outcome; a run that ASHA
+    stopped is FINISHED even when the training inside saw the trial's placement group go and ended
+    its run FAILED first (seen in the suite: "Destroying worker since its placement group was removed")."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tune.report import SweepOutcome, TrialSummary
+    from orchestrator.tune.runs import fix_child_runs
+    from orchestrator.tune.spec import SweepSpec
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("simclr")
+    parent = client.create_run(exp, run_name="sw").info.run_id
+    spec = SweepSpec(name="sw", storage=str(tmp_path), base={}, user_base={}, search={}, search_alg="random",
+                     scheduler="asha", num_samples=1, metric="loss", mode="min", grace_period=1,
+                     reduction_factor=2, resources={}, tracking_uri="", experiment_id=exp, parent_run_id=parent)
+    ends = {"a": ("completed", "RUNNING"), "b": ("stopped_early", "RUNNING"), "c": ("stopped_early", "FAILED"),
+            "d": ("failed", "RUNNING")}
+    run_ids = {}
+    for name, (_status, mlflow_status) in ends.items():
+        run_ids[name] = client.create_run(exp, run_name=f"sw-{name}",
+                                          tags={"mlflow.parentRunId": parent}).info.run_id
+        if mlflow_status == "FAILED":
+            client.set_tag(run_ids[name], "error", "The actor is dead ... placement group was removed")
+            client.set_terminated(run_ids[name], "FAILED")
+    outcome = SweepOutcome("sw", parent, "", exp, "loss", "min", str(tmp_path), trials=[
+        TrialSummary(name, f"sw-{name}", status, {}, {}, error="boom" if status == "failed" else "")
+        for name, (status, _) in ends.items()])
+    fix_child_runs(client, spec, outcome)
+    runs = {name: client.get_run(run_id) for name, run_id in run_ids.items()}
+    assert {name: r.info.status for name, r in runs.items()} == {
+        "a": "FINISHED", "b": "FINISHED", "c": "FINISHED", "d": "FAILED"}
+    assert "error" not in runs["c"].data.tags and runs["d"].data.tags["error"] == "boom"
+    assert {name for name, r in runs.items() if r.data.tags.get("simclr.stopped_early") == "true"} == {"b", "c"}
+    assert all(r.data.tags["simclr.trial_id"] == name for name, r in runs.items())
+
+
 def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     from orchestrator import console
