@@ -321,13 +321,19 @@ def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
 
 # --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------------
 
+# The SIGTERM lands in epoch 2 (sent once epoch 1's line is out): enough epochs after it that the run is
+# still training when the stop arrives on a loaded machine, few enough that the resumed run finishes them.
+EPOCHS = 8
+
 
 def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(tmp_path: Path) -> None:
     """SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at
-    the current step, the run KILLED, Ray stopped, exit 143 without a traceback; the same --name goes on."""
-    run = Watched(cli(tmp_path, "--epochs", "30", "--name", "cc"), tmp_path, clean_env())
+    the current step, the run KILLED, Ray stopped, exit 143 without a traceback. The same --name goes on
+    from that checkpoint into the same MLflow run to the last epoch, each epoch logged once and the
+    epochs before the stop not trained again; the finished name is then refused."""
+    run = Watched(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"), tmp_path, clean_env())
     try:
-        run.wait_for("epoch 1/30 done")
+        run.wait_for(f"epoch 1/{EPOCHS} done")
         ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
         assert ray_procs
         os.kill(run.proc.pid, signal.SIGTERM)
@@ -338,26 +344,36 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     assert "Traceback" not in err
     (line,) = simclr_lines(err)
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
-    _client, mlflow_run, _steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    client, mlflow_run, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
     stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
     assert len(stopped) == 1
     epoch = load_state_file(str(tmp_path / "runs" / "cc" / stopped[0]))["epoch"]
-    assert epoch >= 1
+    assert 1 <= epoch < EPOCHS
+    losses = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "loss")}
     deadline = time.time() + 30
     while any(alive(p) for p in ray_procs) and time.time() < deadline:
         time.sleep(0.5)
     assert not any(alive(p) for p in ray_procs), "Ray processes left running"
 
-    # the same name resumes after the stopped checkpoint, into the same MLflow run, each epoch once
-    again = subprocess.run(cli(tmp_path, "--epochs", "30", "--name", "cc", "--set",
-                               f"train.stop_after_epoch={epoch + 1}"),
+    again = subprocess.run(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"),
                            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"after epoch {epoch}" in again.stderr
-    _client, resumed, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    client, resumed, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert resumed.info.run_id == mlflow_run.info.run_id and resumed.info.status == "FINISHED"
-    assert steps == list(range(1, epoch + 2))
+    assert resumed.data.tags["simclr.complete"] == "true"
+    assert logged == list(range(1, EPOCHS + 1))
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "knn_top1")] == list(range(EPOCHS + 1))
+    after = {m.step: m.value for m in client.get_metric_history(resumed.info.run_id, "loss")}
+    assert all(after[e] == losses[e] for e in range(1, epoch + 1))  # kept from before the stop, not re-trained
+
+    # a finished name is refused before Ray starts: one line, exit 2
+    refused = subprocess.run(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"),
+                             cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    (line,) = simclr_lines(refused.stderr)
+    assert "already finished" in line and "Started a local Ray" not in refused.stderr
 
 
 def test_sigterm_to_a_sweep_exits_143_ends_every_run_and_stops_ray(tmp_path: Path) -> None:

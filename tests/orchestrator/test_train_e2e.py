@@ -1,4 +1,4 @@
-"""`simclr train` end to end: Ray Data -> Ray Train (2 workers, DDP) -> MLflow, stop, resume, eval."""
+"""`simclr train` end to end: Ray Data -> Ray Train (2 workers, DDP) -> MLflow, then `simclr eval`."""
 
 from __future__ import annotations
 
@@ -35,11 +35,10 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return found
 
 
-def test_train_cli_two_workers_stops_resumes_and_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
+def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
     """Users' data: a class-sorted ImageFolder of JPEG photos, the kNN monitor from a separate labelled
-    tree (data.eval_root, nothing held out), 2 DDP workers. The first invocation stops after epoch 1
-    (checkpointed); the same name resumes at epoch 2 into the same MLflow run, each epoch logged once;
-    the finished name is refused; `simclr eval` of the checkpoint logs to the same run."""
+    tree (data.eval_root, nothing held out), 2 DDP workers; then `simclr eval` of its checkpoint logs to
+    the same run. (A stopped run resuming by name: tests/orchestrator/test_reliability.py's SIGTERM test.)"""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     train_dir, val_dir = image_folder(tmp_path / "train", 8, 32), image_folder(tmp_path / "val", 8, 5, seed=1)
     photos = ["--set", "data.source=imagefolder", "--set", f"data.root={train_dir}",
@@ -49,35 +48,23 @@ def test_train_cli_two_workers_stops_resumes_and_logs_a_complete_finished_mlflow
            "--num-cpus", "2", "--object-store-mb", "300", "--json"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a point a second: the run is short
-    client = MlflowClient(uri)
-
-    first = subprocess.run([*cmd, "--set", "train.stop_after_epoch=1"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=900, env=env)
-    assert first.returncode == 0, first.stderr[-4000:]
-    stopped = json.loads(first.stdout)
-    assert stopped["complete"] is False and stopped["checkpoint"].endswith("checkpoint_epoch_00001")
-    assert steps(client, stopped["run_id"], "loss") == [1]
-    loss_epoch1 = client.get_metric_history(stopped["run_id"], "loss")[0].value
-
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)  # stdout holds exactly one JSON object
-    assert out["complete"] is True and out["run_name"] == "e2e" and out["run_id"] == stopped["run_id"]
+    assert out["complete"] is True and out["run_name"] == "e2e"
     assert os.path.isfile(os.path.join(out["checkpoint"], "state.pt"))
     # the console: a header, the epoch lines, nothing of Ray's (MLflow may announce a new database)
     console = proc.stderr.splitlines()
-    assert "epoch 1/2 done" in first.stderr and "epoch 2/2 done" in proc.stderr  # progress on the terminal
-    assert "epoch 1/2 done" not in proc.stderr  # resumed: epoch 1 is not trained again
+    assert "epoch 1/2 done" in proc.stderr  # progress goes to the terminal (stderr)
     assert len(console) <= 3 + 1 + 2 + 2, proc.stderr
     assert "RayTrainWorker" not in proc.stderr and "Ray instance" not in proc.stderr
-    # ... and Ray's output is in each invocation's log file, also artifacts of the run
-    logs = sorted((tmp_path / "runs" / "e2e" / "logs").iterdir())
-    assert len(logs) == 2
-    text = logs[-1].read_text()
+    # ... and Ray's output is in the run's log file, also an artifact of the run
+    (log,) = (tmp_path / "runs" / "e2e" / "logs").iterdir()
+    text = log.read_text()
     assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text and "epoch 2/2 done" in text
-    assert "resumed from " in text and "after epoch 1" in text
     assert "Failed to query Ray Train Controller actor state" not in text  # local Ray has its dashboard
 
+    client = MlflowClient(uri)
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
     # params: the whole resolved config, flattened
@@ -85,10 +72,9 @@ def test_train_cli_two_workers_stops_resumes_and_logs_a_complete_finished_mlflow
     assert set(Config().to_flat_dict()) <= set(params)
     assert params["train.workers"] == "2" and params["data.source"] == "imagefolder"
     assert params["dataset.num_train"] == "256" and params["dataset.num_classes"] == "8"
-    # per-epoch metrics, each once across the two invocations; kNN also at initialisation (epoch 0)
+    # per-epoch metrics, kNN also at initialisation (epoch 0), step loss every N steps
     for key in ("loss", "lr", "images_per_s", "data_wait_frac", "epoch_seconds"):
         assert steps(client, run.info.run_id, key) == [1, 2], key
-    assert client.get_metric_history(run.info.run_id, "loss")[0].value == loss_epoch1  # not re-trained
     assert steps(client, run.info.run_id, "knn_top1") == [0, 1, 2]
     assert steps(client, run.info.run_id, "linear_probe_top1") == [0, 2]
     assert len(steps(client, run.info.run_id, "step_loss")) >= 2
@@ -101,19 +87,17 @@ def test_train_cli_two_workers_stops_resumes_and_logs_a_complete_finished_mlflow
     # artifacts
     assert {"config.yaml", "plots/augmented_views.png", "plots/curves.png", "plots/embedding.png"} <= artifact_paths(
         client, run.info.run_id)
-    assert {f"logs/{log.name}" for log in logs} <= artifact_paths(client, run.info.run_id)
+    assert f"logs/{log.name}" in artifact_paths(client, run.info.run_id)
     # the dataset as an MLflow dataset input, and system metrics
-    used = run.inputs.dataset_inputs[0]
+    (used,) = run.inputs.dataset_inputs
     assert used.dataset.name == "imagefolder" and used.dataset.digest
     assert json.loads(used.dataset.profile)["num_images"] == int(params["dataset.num_train"])
-    # ... from the node that trains, named by the node: each invocation started its own local Ray, a
-    # new node each time
+    # ... from the node that trains (one local node: its first worker's monitor, named by the node)
     nodes = {k.split("/")[1] for k in run.data.metrics if k.startswith("system/")}
-    assert len(nodes) == 2, run.data.metrics.keys()
-    for node in nodes:
-        assert re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", node), node
-        assert client.get_metric_history(run.info.run_id, f"system/{node}/cpu_utilization_percentage")
-        assert client.get_metric_history(run.info.run_id, f"system/{node}/system_memory_usage_megabytes")
+    assert len(nodes) == 1 and re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", next(iter(nodes))), run.data.metrics.keys()
+    (node,) = nodes
+    assert client.get_metric_history(run.info.run_id, f"system/{node}/cpu_utilization_percentage")
+    assert client.get_metric_history(run.info.run_id, f"system/{node}/system_memory_usage_megabytes")
     # the final encoder as an MLflow model, linked to the run, that takes uint8 images and gives the
     # checkpoint's features without any of our code
     models = client.search_logged_models(experiment_ids=[out["experiment_id"]])
@@ -130,11 +114,6 @@ def test_train_cli_two_workers_stops_resumes_and_logs_a_complete_finished_mlflow
     with torch.no_grad():
         expected = trained.get_submodule("encoder").eval()(normalize(images))
     assert torch.allclose(features.detach(), expected, atol=1e-5)
-
-    # the finished name is refused before Ray starts: one line, exit 2
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 2 and "already finished" in again.stderr, again.stderr[-2000:]
-    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
 
     result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY)
     assert result["run_id"] == out["run_id"] and result["epoch"] == 2
