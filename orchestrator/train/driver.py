@@ -7,6 +7,7 @@ the reason as a tag) or KILLED (Ctrl-C), never RUNNING. Re-running with the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ from orchestrator.tracking.tags import COMPLETE_TAG, DATA_PREPARED_BY_TAG
 from orchestrator.train.checkpoint import load_state_file
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
-from orchestrator.train.progress import NonFiniteLossError
+from orchestrator.train.progress import NonFiniteLossError, check_fatal
 from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
 from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config
@@ -357,12 +358,8 @@ def _poller(flag: Any, quiet: bool) -> Any:
         if time.monotonic() - last < FATAL_POLL_S:
             return
         last = time.monotonic()
-        try:
-            message: str = ray.get(flag.fatal_error.remote(), timeout=5)
-        except Exception:  # the actor is busy or gone: Ray Train reports the failure itself
-            return
-        if message:
-            raise NonFiniteLossError(message)
+        with contextlib.suppress(ray.exceptions.RayError):  # the actor is busy or gone: Ray Train reports it
+            check_fatal(flag, timeout=5)
 
     return poll
 

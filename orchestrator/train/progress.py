@@ -134,10 +134,11 @@ def this_node() -> str:
     return record.node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
 
 
-def check_fatal(flag: Any) -> None:
-    """A restarted attempt after a non-finite loss fails at once: retrying cannot help."""
+def check_fatal(flag: Any, timeout: float = 60) -> None:
+    """Raise the deterministic failure (a non-finite loss) a worker recorded on the flag, if any: a
+    restarted attempt fails at once with it, and the driver's poll fails the run with it."""
     if flag is not None:
-        message = ray.get(flag.fatal_error.remote(), timeout=60)
+        message = ray.get(flag.fatal_error.remote(), timeout=timeout)
         if message:
             raise NonFiniteLossError(message)
 

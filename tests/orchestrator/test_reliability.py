@@ -344,7 +344,7 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     assert "Traceback" not in err
     (line,) = simclr_lines(err)
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
-    client, mlflow_run, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    client, mlflow_run, _logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
     stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
     assert len(stopped) == 1
