@@ -11,7 +11,7 @@ Prints one JSON object (a summary table goes to stderr):
   blur) on the device over a batch of uint8 224 px crops, with and without blur.
 - ``ntxent_bf16_vs_fp32``: the loss of one ResNet-50 batch under bf16 autocast and in fp32.
 - ``end_to_end``: images/s and data-wait fraction when a DataLoader with N worker processes decodes
-  JPEGs (our decode: whole image, shorter side 256, DCT scaling) and either makes the full views on
+  JPEGs (our decode: the whole photo, not resized, DCT scaling where it applies) and either makes the full views on
   the CPU (``cpu_augment``: ``two_views``) or only the crops (``device_augment``: ``two_crop_stages``,
   the colour stage then runs on the GPU), feeding the ResNet-50 bf16 step; N = 2, 4, 8, 16; as a
   ratio to the model-only limit of the same step.
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # workloads/ without an install
+from workloads.decode import decode_whole
 from workloads.method import normalize
 from workloads.optim import build_optimizer
 from workloads.rng import RowRandom, row_keys
@@ -103,19 +104,9 @@ def make_photos(n: int, shorter: int, seed: int = 0) -> tuple[list[bytes], str]:
 
 
 def decode(data: bytes, size: int = DECODE_SIZE) -> Tensor:
-    """uint8 (3, H, W): the whole photo with its shorter side at ``size``, as the stream's decode
-    (orchestrator's ``decode_image``, copied here so that this script needs no orchestrator):
-    DCT scaling where the photo is at least twice the size, then PIL's resize."""
-    with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        scale = min(size / min(w, h), 4 * size / max(w, h))
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        if img.format == "JPEG" and w >= 2 * nw and h >= 2 * nh:
-            img.draft("RGB", (nw, nh))
-        rgb = img.convert("RGB")
-    if rgb.size != (nw, nh):
-        rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+    """uint8 (3, H, W): the whole photo as the stream's tasks decode it (``workloads.decode.decode_whole``:
+    not resized, JPEG DCT scaling where the photo is at least twice ``size``)."""
+    return torch.from_numpy(np.array(decode_whole(data, size))).permute(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------- the SimCLR step

@@ -5,18 +5,21 @@ augmentation together are what a CPU core delivers. Inputs are real photographs:
 crops (shorter side 375, aspects 3:4 to 16:9, quality 90) cut at run time from scikit-learn's two
 sample photos by tests/photos.py.
 
-- decode alone (one process, one thread, photo by photo): ``sources.decode_image`` (what the stream
-  runs: the whole photo, shorter side at 256; JPEG DCT scaling with PIL's ``draft`` where the photo
-  is at least twice that), against a full PIL decode + resize (the code before issue 15) and
-  ``torchvision.io.decode_jpeg`` + an antialiased resize. Run on 375 px photos and on large ones
-  (shorter side 768), where DCT scaling applies.
+- decode alone (one process, one thread, photo by photo): ``decode_whole`` (what the stream's tasks
+  run: the whole photo, not resized; JPEG DCT scaling with PIL's ``draft`` where the photo is at least
+  twice 256), ``decode_image`` (the decoded cache's decode: shorter side resized to 256, DCT scaling
+  where it applies; the stream's decode before this change), a full PIL decode + resize (the code
+  before issue 15) and ``torchvision.io.decode_jpeg`` + an antialiased resize. Run on 375 px photos
+  and on large ones (shorter side 768), where DCT scaling applies.
 - the whole path, in a DataLoader with the same number of worker processes on both sides, each of one
   thread, two uint8 views of every image collated into (B, 3, 224, 224) batches:
   - ours: the stream's code path (orchestrator/stream.py ``gather`` and ``chunk_views``): one item is a
-    chunk of 64 JPEGs, ``decode_image`` each at 256, ``SimCLRAugment.two_views`` on the list of whole
-    images with ``RowRandom`` keys per row;
+    chunk of 64 JPEGs, each decoded whole (``decode_or_none(..., whole=True)``, as ``gather`` calls it),
+    ``SimCLRAugment.two_views`` on the list of whole photos with ``RowRandom`` keys per row;
   - ours, crop stage only: the same decode and ``two_crop_stages`` (the CPU half when the colour
     stage runs on the training device; not a finished view, so no ratio to torchvision);
+  - ours, resized at decode: as ours, with each photo decoded by ``decode_image`` at 256 (shorter side
+    resized) first: the stream before the crop stage started from the whole photo;
   - torchvision: per image, PIL decode, ``PILToTensor``, then the ImageNet recipe's v2 Compose
     (``reference_augment``: RandomResizedCrop on the whole photo, flip, jitter, grayscale, blur)
     twice, batch_size 64: what lightly and solo-learn users run.
@@ -48,7 +51,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import photo_bytes
 
-from orchestrator.data.sources import decode_image
+from orchestrator.data.sources import decode_or_none
+from workloads.decode import decode_image, decode_whole
 from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import SimCLRAugment, reference_augment
 
@@ -92,7 +96,8 @@ def decode_torchvision(data: bytes, size: int) -> torch.Tensor:
 
 
 DECODERS: dict[str, Callable[[bytes, int], Any]] = {
-    "decode_image (ours, draft where it applies)": decode_image,
+    "decode_whole (ours: the stream's, not resized)": decode_whole,
+    "decode_image (ours: the cache's, resized)": decode_image,
     "PIL full decode + resize (before)": decode_pil_full,
     "torchvision.io.decode_jpeg + resize": decode_torchvision,
 }
@@ -122,9 +127,20 @@ def decode_rates(photos: list[bytes], repeats: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the whole path
 
 
-def whole_images(chunk: list[bytes]) -> list[torch.Tensor] | torch.Tensor:
+def stream_decode(data: bytes) -> np.ndarray | None:
+    """The decode stream.gather runs on a photo it reads (the whole photo, not resized)."""
+    return decode_or_none(data, DECODE_SIZE, "photo", "fail", whole=True)
+
+
+def resized_decode(data: bytes) -> np.ndarray | None:
+    """The stream's decode before the crop stage started from the whole photo: shorter side at 256."""
+    return decode_image(data, DECODE_SIZE)
+
+
+def whole_images(chunk: list[bytes], decode: Callable[[bytes], np.ndarray | None] = stream_decode
+                 ) -> list[torch.Tensor] | torch.Tensor:
     """What stream.gather returns: (B, 3, H, W) when every photo has one shape, else a list of (3, H, W)."""
-    arrays = [np.require(decode_image(data, DECODE_SIZE), requirements=["C", "W"]) for data in chunk]  # as _writable
+    arrays = [np.require(decode(data), requirements=["C", "W"]) for data in chunk]  # as _writable
     tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]  # 3 x H x W
     if all(t.shape == tensors[0].shape for t in tensors):
         return torch.stack(tensors)
@@ -134,15 +150,17 @@ def whole_images(chunk: list[bytes]) -> list[torch.Tensor] | torch.Tensor:
 class OurViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item i: the two views of chunk i of the photos, as chunk_views makes them."""
 
-    def __init__(self, photos: list[bytes], blur: bool, chunk: int, crop_only: bool = False) -> None:
+    def __init__(self, photos: list[bytes], blur: bool, chunk: int, crop_only: bool = False,
+                 decode: Callable[[bytes], np.ndarray | None] = stream_decode) -> None:
         self.photos, self.aug, self.chunk, self.crop_only = photos, SimCLRAugment(**recipe(blur)), chunk, crop_only
+        self.decode = decode
 
     def __len__(self) -> int:
         return math.ceil(len(self.photos) / self.chunk)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.arange(i * self.chunk, min(len(self.photos), (i + 1) * self.chunk))
-        images = whole_images([self.photos[r] for r in rows])
+        images = whole_images([self.photos[r] for r in rows], self.decode)
         gen = RowRandom(row_keys(seed=0, epoch=1, row_ids=rows))
         if self.crop_only:
             (c0, _), (c1, _) = self.aug.two_crop_stages(images, gen)
@@ -179,7 +197,7 @@ def images_per_second(loader: DataLoader[Any], expected: int) -> float:
     return seen / seconds
 
 
-SIDES = ("ours", "ours_crop_stage_only", "torchvision")
+SIDES = ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision")
 
 
 def run_path(photos: list[bytes], ref_images: int, blur: bool, workers: int, repeats: int,
@@ -187,13 +205,15 @@ def run_path(photos: list[bytes], ref_images: int, blur: bool, workers: int, rep
     datasets: dict[str, Dataset[Any]] = {
         "ours": OurViews(photos, blur, chunk),
         "ours_crop_stage_only": OurViews(photos, blur, chunk, crop_only=True),
+        "ours_resized_at_decode": OurViews(photos, blur, chunk, decode=resized_decode),
         "torchvision": TorchvisionViews(photos[:ref_images], blur),
     }
     for ds in datasets.values():
         ds[0]  # first-call costs (op registration, libjpeg set-up) in the parent, before the fork
     loaders = {name: DataLoader(ds, batch_size=chunk if name == "torchvision" else None, num_workers=workers)
                for name, ds in datasets.items()}
-    expected = {"ours": len(photos), "ours_crop_stage_only": len(photos), "torchvision": ref_images}
+    expected = {"ours": len(photos), "ours_crop_stage_only": len(photos), "ours_resized_at_decode": len(photos),
+                "torchvision": ref_images}
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     loads = []
     for rep in range(repeats):
@@ -235,10 +255,11 @@ def main() -> None:
         "", table(["photos", *DECODERS], [[f"{d['photos']} x shorter {d['photos_shorter_side']} px",
                                              *d["images_per_s"].values()] for d in decode]), "")
     rows = [[("blur p=0.5" if r["blur"] else "no blur"), r["workers"], r["ours"]["images_per_s_per_core"],
-             r["ours_crop_stage_only"]["images_per_s_per_core"], r["torchvision"]["images_per_s_per_core"],
-             f"{r['ratio_ours_over_torchvision']:.2f}x", max(r["load_1min"])] for r in results]
+             r["ours_crop_stage_only"]["images_per_s_per_core"], r["ours_resized_at_decode"]["images_per_s_per_core"],
+             r["torchvision"]["images_per_s_per_core"], f"{r['ratio_ours_over_torchvision']:.2f}x",
+             max(r["load_1min"])] for r in results]
     headers = ["case", "workers", "ours img/s/core", "ours crop stage only img/s/core",
-               "torchvision img/s/core", "ours/torchvision", "max load"]
+               "ours resized at decode img/s/core", "torchvision img/s/core", "ours/torchvision", "max load"]
     say(args.json, f"JPEG bytes -> two {OUTPUT_SIZE} px views, imagenet recipe, DataLoader workers of 1 thread; "
         f"load {load_before} -> {load_after}", "", table(headers, rows), "")
     if args.json:

@@ -37,7 +37,7 @@ class DataConfig:
     download: bool = False  # torchvision-format datasets: fetch into root when missing
     split: str = "train"  # torchvision split used for pretraining ("train", or "unlabeled" for STL-10)
     image_size: int = 16  # side of each augmented view
-    decode_size: int = 0  # shorter side images are decoded and cached at (0: image_size)
+    decode_size: int = 0  # shorter side of cached images; at least this when decoded each epoch (0: image_size)
     center_square: bool = False  # file sources: keep only the centre square at decode (faster, less varied crops)
     shuffle: bool = True  # a new order every epoch from (train.seed, epoch); false: row-id order (benchmarks only)
     image_column: str = "image"  # parquet: column of encoded image bytes

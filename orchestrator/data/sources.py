@@ -10,7 +10,6 @@ official archives) reject anything but the official bytes; torchvision is still 
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from orchestrator.errors import BadImageError, UserError
+from workloads.decode import decode_image, decode_whole
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 TORCHVISION_SOURCES = ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist")
@@ -279,50 +279,15 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
 # --- decoding ---------------------------------------------------------------------------------------
 
 
-# A decoded image's longer side is kept under this many times its shorter side (a panorama stays
-# a bounded number of pixels; its crops are still drawn from the whole image).
-MAX_ASPECT = 4
-
-
-def decode_image(data: bytes, size: int, center_square: bool = False) -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 (H, W, 3) with the shorter side resized to ``size``.
-
-    The whole image is kept (its aspect ratio too, the longer side at most ``MAX_ASPECT`` × size),
-    so that the random-resized crop is drawn from all of it, as torchvision's RandomResizedCrop
-    on the decoded photo is. With ``center_square`` the centre ``size`` × ``size`` square only:
-    fixed-size rows, faster, but the crops never see the sides of a non-square photo. Raises on
-    anything PIL cannot read.
-    """
-    with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size  # from the header: the target size is known before decoding
-        scale = size / min(w, h)
-        if not center_square:
-            scale = min(scale, MAX_ASPECT * size / max(w, h))
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        if center_square:
-            nw, nh = max(size, nw), max(size, nh)
-        if img.format == "JPEG" and (w >= 2 * nw and h >= 2 * nh):
-            # JPEG DCT scaling (issue 15): libjpeg decodes at 1/2, 1/4 or 1/8 size, the largest
-            # reduction still at least (nw, nh) on both sides, for a fraction of a full decode;
-            # the resize below then gives the same size, whole image, as from the full decode.
-            img.draft("RGB", (nw, nh))
-        img.load()  # truncated files fail here, not later
-        rgb = img.convert("RGB")
-    w, h = rgb.size
-    if (nw, nh) != (w, h):
-        rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    if not center_square:
-        return np.asarray(rgb, dtype=np.uint8)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def decode_or_none(data: bytes | None, size: int, name: str, policy: str,
-                   center_square: bool = False) -> np.ndarray | None:
-    """``decode_image`` under the bad-image policy: None to skip, or BadImageError naming the file."""
+def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center_square: bool = False,
+                   whole: bool = False) -> np.ndarray | None:
+    """``decode_image`` (``decode_whole`` with ``whole``, for the crop stage) under the bad-image policy:
+    None to skip, or BadImageError naming the file."""
     try:
         if not data:
             raise ValueError("empty file")
+        if whole and not center_square:
+            return decode_whole(data, size)
         return decode_image(data, size, center_square)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
         if policy == "skip":

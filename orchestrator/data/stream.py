@@ -184,7 +184,9 @@ def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int,
         arrays = [_read(store.filesystem, index.paths[int(p)].as_py()) for p in positions]
     if store.encoded or not store.blocks:
         names = [f"row {int(p)}" if index.paths is None else index.paths[int(p)].as_py() for p in positions]
-        arrays = [None if a is None else sources.decode_or_none(a, size, name, store.bad_images, center_square)
+        # The whole photo, not resized: the crops are drawn from it (workloads/decode.py).
+        arrays = [None if a is None else sources.decode_or_none(a, size, name, store.bad_images, center_square,
+                                                                whole=True)
                   for a, name in zip(arrays, names, strict=True)]
     keep = np.asarray([a is not None for a in arrays], dtype=bool)
     tensors = [torch.from_numpy(_writable(a)).permute(2, 0, 1) for a in arrays if a is not None]  # 3 x H x W

@@ -79,10 +79,10 @@ def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str,
     out = outputs["jpeg_views"]
     assert out["settings"]["photos_shorter_side"] == [375, 768] and out["settings"]["output_size"] == 224
     for d in out["decode"]:
-        assert len(d["images_per_s"]) == 3 and all(_positive(v) for v in d["images_per_s"].values())
+        assert len(d["images_per_s"]) == 4 and all(_positive(v) for v in d["images_per_s"].values())
     assert {r["blur"] for r in out["results"]} == {True, False}
     for r in out["results"]:
-        for side in ("ours", "ours_crop_stage_only", "torchvision"):
+        for side in ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision"):
             assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
         assert r["ratio_ours_over_torchvision"] == pytest.approx(
             r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])

@@ -24,6 +24,7 @@ from PIL import Image
 
 from orchestrator.data import sources
 from orchestrator.errors import BadImageError, UserError
+from workloads.decode import MAX_ASPECT, decode_whole
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -430,7 +431,7 @@ def test_decode_keeps_the_whole_image_with_the_shorter_side_at_size(w: int, h: i
 
 def test_decode_bounds_a_panorama_longer_side() -> None:
     out = sources.decode_image(encode(solid(RED, 10, 100)), 8)  # 10:1 wide
-    assert out.shape == (3, sources.MAX_ASPECT * 8, 3)
+    assert out.shape == (3, MAX_ASPECT * 8, 3)
 
 
 @pytest.mark.parametrize("center_square", [False, True])
@@ -519,6 +520,71 @@ def test_dct_scaling_is_used_only_where_it_reduces_by_at_least_2(monkeypatch: py
     assert calls == [(1024, 768)]
 
 
+@pytest.mark.parametrize(("w", "h", "size", "shape", "reduction"), [
+    (500, 375, 256, (375, 500, 3), 1),  # ImageNet-sized: its own size, a plain decode
+    (1024, 768, 256, (384, 512, 3), 2),  # 768 // 256 = 3: halved
+    (2400, 1600, 160, (200, 300, 3), 8),  # 1600 // 160 = 10: by 8
+    (900, 1350, 224, (338, 225, 3), 4),  # portrait, 900 // 224 = 4: by 4 (rounded up)
+])
+def test_whole_decode_is_the_whole_photo_at_the_largest_dct_reduction_that_keeps_the_size(
+        w: int, h: int, size: int, shape: tuple[int, int, int], reduction: int) -> None:
+    """What the stream's tasks crop from when they decode each epoch: not resized, the aspect kept,
+    the shorter side at least ``size``; pixels as a full decode's (bit for bit without reduction,
+    otherwise no further from a full decode + resize than two resampling filters are apart)."""
+    data = large_photo(w, h)
+    out = decode_whole(data, size)
+    assert out.shape == shape and out.dtype == np.uint8 and min(out.shape[:2]) >= size
+    assert (out.shape[1] - 1) * reduction < w <= out.shape[1] * reduction  # ceil(w / reduction)
+    if reduction == 1:
+        with Image.open(io.BytesIO(data)) as img:
+            assert np.array_equal(out, np.asarray(img.convert("RGB")))
+        return
+    old = full_decode(data, shape[1], shape[0]).astype(float)
+    with Image.open(io.BytesIO(data)) as img:
+        lanczos = np.asarray(img.convert("RGB").resize((shape[1], shape[0]), Image.Resampling.LANCZOS))
+    diff = np.abs(out - old)
+    assert diff.mean() < min(4.0, 2 * np.abs(old - lanczos).mean()), diff.mean()
+    assert abs((out - old).mean()) < 0.5
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [
+    ("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"),
+    ("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("WEBP", "RGB"), ("WEBP", "RGBA"),
+])
+def test_whole_decode_gives_rgb_of_any_mode_and_format(fmt: str, mode: str) -> None:
+    img = Image.fromarray(random_images(1, 30, 40, 3)[0]).convert(mode)
+    out = decode_whole(encode(img, fmt), 16)  # 30 < 2 x 16: no DCT reduction
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+    with Image.open(io.BytesIO(encode(img, fmt))) as back:
+        assert np.array_equal(out, np.asarray(back.convert("RGB")))
+
+
+def test_the_streams_gather_decodes_the_whole_photo_and_the_centre_square_when_asked(tmp_path: Path) -> None:
+    """The files kind of the row store (data.cache_decoded=false, or a cache that does not fit):
+    photos of mixed aspects arrive whole, at their own size, as (3, H, W) uint8; with
+    data.center_square the centre square at the decode size, as one (B, 3, S, S) batch."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import torch
+
+    from orchestrator.data.stream import RowStore, StoreIndex, gather
+
+    shapes = [(375, 500), (500, 375), (375, 667)]  # h, w: 4:3, 3:4, 16:9
+    paths = []
+    for i, (h, w) in enumerate(shapes):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Path(paths[-1]).write_bytes(large_photo(w, h))
+    paths.append(str(tmp_path / "missing.jpg"))
+    index = StoreIndex(np.arange(4), np.zeros(1, np.int64), np.arange(4), pa.array(paths))
+    store = RowStore(4, index=None, filesystem=pafs.LocalFileSystem())  # type: ignore[arg-type]
+    images, keep = gather(store, index, np.asarray([2, 3, 0, 1]), 256, center_square=False)
+    assert keep.tolist() == [True, False, True, True]
+    assert [tuple(x.shape) for x in images] == [(3, 375, 667), (3, 375, 500), (3, 500, 375)]
+    assert all(x.dtype == torch.uint8 for x in images)
+    squares, keep = gather(store, index, np.asarray([0, 1, 2]), 256, center_square=True)
+    assert isinstance(squares, torch.Tensor) and squares.shape == (3, 3, 256, 256) and keep.all()
+
+
 def bad_image_bytes() -> dict[str, bytes | None]:
     png, jpeg = encode(random_images(1, 40, 40, 0)[0]), encode(random_images(1, 40, 40, 0)[0], "JPEG")
     return {
@@ -531,15 +597,17 @@ def bad_image_bytes() -> dict[str, bytes | None]:
     }
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("kind", list(bad_image_bytes()))
-def test_bad_image_is_skipped_under_skip(kind: str) -> None:
-    assert sources.decode_or_none(bad_image_bytes()[kind], 8, "x.png", "skip") is None
+def test_bad_image_is_skipped_under_skip(kind: str, whole: bool) -> None:
+    assert sources.decode_or_none(bad_image_bytes()[kind], 8, "x.png", "skip", whole=whole) is None
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("kind", list(bad_image_bytes()))
-def test_bad_image_under_fail_raises_naming_the_file_and_the_fix(kind: str) -> None:
+def test_bad_image_under_fail_raises_naming_the_file_and_the_fix(kind: str, whole: bool) -> None:
     with pytest.raises(BadImageError, match=r"unreadable image /data/cat/x\.png: ") as info:
-        sources.decode_or_none(bad_image_bytes()[kind], 8, "/data/cat/x.png", "fail")
+        sources.decode_or_none(bad_image_bytes()[kind], 8, "/data/cat/x.png", "fail", whole=whole)
     assert isinstance(info.value, UserError)
     assert "data.bad_images=skip" in str(info.value)
 

@@ -158,9 +158,13 @@ def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(small_fo
 
 @pytest.mark.usefixtures("ray_local")
 def test_decoding_every_epoch_streams_the_same_rows_and_views_as_the_cache(small_folder: Path) -> None:
-    """data.cache_decoded=false reads and decodes the files in the stream's tasks: same sequence."""
-    cached_cfg = config(source="imagefolder", root=str(small_folder))
-    files_cfg = config(source="imagefolder", root=str(small_folder), cache_decoded=False)
+    """data.cache_decoded=false reads and decodes the files in the stream's tasks: same sequence.
+
+    Decoded in the stream, a photo is not resized (the crops are drawn from the whole photo), so at a
+    decode size equal to the photos' own shorter side (24) the cache holds the same pixels and the two
+    give the same views bit for bit."""
+    cached_cfg = config(source="imagefolder", root=str(small_folder), decode_size=24)
+    files_cfg = config(source="imagefolder", root=str(small_folder), decode_size=24, cache_decoded=False)
     cached, files = prepare(cached_cfg.data, seed=0), prepare(files_cfg.data, seed=0)
     assert cached.train is not None and files.train is not None
     assert cached.train.blocks and not files.train.blocks
