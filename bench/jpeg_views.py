@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import photo_bytes
 
 from orchestrator.data.sources import decode_or_none
+from orchestrator.data.stream import image_tensor
 from workloads.decode import decode_image, decode_whole
 from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import SimCLRAugment, reference_augment
@@ -127,21 +128,22 @@ def decode_rates(photos: list[bytes], repeats: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the whole path
 
 
-def stream_decode(data: bytes) -> np.ndarray | None:
+def stream_decode(data: bytes) -> np.ndarray:
     """The decode stream.gather runs on a photo it reads (the whole photo, not resized)."""
-    return decode_or_none(data, DECODE_SIZE, "photo", "fail", whole=True)
+    out = decode_or_none(data, DECODE_SIZE, "photo", "fail", whole=True)
+    assert out is not None  # the fail policy raises instead
+    return out
 
 
-def resized_decode(data: bytes) -> np.ndarray | None:
+def resized_decode(data: bytes) -> np.ndarray:
     """The stream's decode before the crop stage started from the whole photo: shorter side at 256."""
     return decode_image(data, DECODE_SIZE)
 
 
-def whole_images(chunk: list[bytes], decode: Callable[[bytes], np.ndarray | None] = stream_decode
+def whole_images(chunk: list[bytes], decode: Callable[[bytes], np.ndarray] = stream_decode
                  ) -> list[torch.Tensor] | torch.Tensor:
     """What stream.gather returns: (B, 3, H, W) when every photo has one shape, else a list of (3, H, W)."""
-    arrays = [np.require(decode(data), requirements=["C", "W"]) for data in chunk]  # as _writable
-    tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]  # 3 x H x W
+    tensors = [image_tensor(decode(data)) for data in chunk]  # 3 x H x W, as gather makes them
     if all(t.shape == tensors[0].shape for t in tensors):
         return torch.stack(tensors)
     return tensors
@@ -151,7 +153,7 @@ class OurViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item i: the two views of chunk i of the photos, as chunk_views makes them."""
 
     def __init__(self, photos: list[bytes], blur: bool, chunk: int, crop_only: bool = False,
-                 decode: Callable[[bytes], np.ndarray | None] = stream_decode) -> None:
+                 decode: Callable[[bytes], np.ndarray] = stream_decode) -> None:
         self.photos, self.aug, self.chunk, self.crop_only = photos, SimCLRAugment(**recipe(blur)), chunk, crop_only
         self.decode = decode
 

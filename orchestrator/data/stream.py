@@ -22,6 +22,7 @@ its workers; which worker gets which chunk follows the order they ask in.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -189,7 +190,7 @@ def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int,
                                                                 whole=True)
                   for a, name in zip(arrays, names, strict=True)]
     keep = np.asarray([a is not None for a in arrays], dtype=bool)
-    tensors = [torch.from_numpy(_writable(a)).permute(2, 0, 1) for a in arrays if a is not None]  # 3 x H x W
+    tensors = [image_tensor(a) for a in arrays if a is not None]  # 3 x H x W
     if tensors and all(t.shape == tensors[0].shape for t in tensors):
         return torch.stack(tensors), keep  # B x 3 x H x W
     return tensors, keep
@@ -211,9 +212,14 @@ def _from_blocks(store: RowStore, index: StoreIndex, positions: np.ndarray) -> l
     return out
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    """A zero-copy view of the object store is read-only; torch wants arrays it may write (it never does)."""
-    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
+def image_tensor(a: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (3, H, W), a view: no copy of the image, read-only arrays included (a zero-copy
+    view of the object store, a decoded photo's buffer). torch warns that a tensor over a read-only
+    array could be written to; the crops only read it. A copy here cost as much as a third of
+    decoding an ImageNet-sized JPEG (docs/BENCHMARKS.md, section 5)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes | None:

@@ -30,6 +30,7 @@ from workloads.simclr.ops import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    apply_subset,
     blur_kernel_size,
     crop_resize,
     gaussian_blur,
@@ -627,3 +628,18 @@ def test_deferred_views_carry_crops_and_small_columns_and_finish_as_the_fused_vi
     finished = finish_views(split, cfg)
     assert set(finished) == {"view0", "view1"}
     assert torch.equal(finished["view0"], fused["view0"]) and torch.equal(finished["view1"], fused["view1"])
+
+
+@pytest.mark.parametrize("mask_bits", ["10110", "11111", "01000", "10101", "00000", "1101101"])
+@pytest.mark.parametrize("max_runs", [1, 4])
+def test_apply_subset_on_slices_or_gathered_changes_exactly_the_selected_images(mask_bits: str, max_runs: int) -> None:
+    """Run by run on slices (a few runs) or gathered and scattered (more runs, or max_runs=1): the same
+    images change, each exactly as the op on it alone, and the others keep every bit."""
+    x = torch.rand(len(mask_bits), 3, 6, 7) * 255
+    mask = torch.tensor([c == "1" for c in mask_bits])
+    factor = torch.linspace(0.5, 1.5, len(mask_bits))
+    out = x.clone()
+    apply_subset(out, mask, adjust_contrast, factor, max_runs=max_runs)
+    for i, selected in enumerate(mask.tolist()):
+        expected = adjust_contrast(x[i:i + 1], factor[i:i + 1])[0] if selected else x[i]
+        assert torch.equal(out[i], expected), i

@@ -289,7 +289,7 @@ class SimCLRAugment:
         apply_subset(x, params.gray, grayscale3)
         if self.blur_p > 0:
             apply_subset(x, params.blur, partial(gaussian_blur, kernel_size=self.blur_kernel_size),
-                          params.sigma)
+                          params.sigma, max_runs=1)
         return x.round_().clamp_(0.0, MAX_VALUE).to(torch.uint8)
 
     def __call__(self, images: Images, generator: RandomSource = None) -> Tensor:

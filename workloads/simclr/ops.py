@@ -20,8 +20,9 @@ from workloads.rng import RandomSource, rand
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 LUMA_R, LUMA_G, LUMA_B = 0.2989, 0.587, 0.114
 MAX_VALUE = 255.0  # the ops work on float images in uint8 range
-# Output pixels per chunk in SimCLRAugment.apply: ~3 MB of float32 RGB, about 5 images at 224 px.
-CHUNK_PIXELS = 1 << 18
+# Output pixels per chunk of the colour stage on CPU: ~5 MB of float32 RGB, 8 images at 224 px (measured
+# against 5 and 12: the blur's one convolution per chunk gains from more images, the rest loses little).
+CHUNK_PIXELS = 8 * 224 * 224
 CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before the centre-crop fallback
 # Colour-jitter op indices, in torchvision ColorJitter's numbering (its fn_idx).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -251,12 +252,14 @@ def image_sizes(images: Images) -> tuple[int | Tensor, int | Tensor]:
 MAX_RUNS = 4  # selections of more runs than this are gathered and scattered (apply_subset)
 
 
-def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image: Tensor) -> None:
+def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image: Tensor,
+                 max_runs: int = MAX_RUNS) -> None:
     """x[mask] = fn(x[mask], *(p[mask] for p in per_image)), in place; no work for unselected images.
 
     A selection of at most ``MAX_RUNS`` runs of consecutive images (the CPU's chunks of a few images)
     is done run by run on slices, which are views: one copy back per run. Otherwise (a GPU's whole
-    batch) one gather and one scatter, so the op is still one launch. Every op works image by
+    batch; or ``max_runs=1``, for an op whose cost per call falls with the images in it, as the
+    blur's convolution) one gather and one scatter, so the op is still one call. Every op works image by
     image, so both give the same result; the slices halve the cost of the cheap ops on CPU.
     """
     index = mask.nonzero().squeeze(1)  # (M,)
@@ -264,7 +267,7 @@ def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image:
         return
     # Runs of consecutive indices: where the step from one to the next is not 1.
     breaks = (index[1:] - index[:-1] != 1).nonzero().squeeze(1)
-    if len(breaks) < MAX_RUNS:
+    if len(breaks) < max_runs:
         starts = [0, *(breaks + 1).tolist()]
         ends = [*(breaks + 1).tolist(), len(index)]
         first = index.tolist()
