@@ -641,5 +641,5 @@ def test_apply_subset_on_slices_or_gathered_changes_exactly_the_selected_images(
     out = x.clone()
     apply_subset(out, mask, adjust_contrast, factor, max_runs=max_runs)
     for i, selected in enumerate(mask.tolist()):
-        expected = adjust_contrast(x[i:i + 1], factor[i:i + 1])[0] if selected else x[i]
+        expected = adjust_contrast(x[i:i + 1].clone(), factor[i:i + 1])[0] if selected else x[i]
         assert torch.equal(out[i], expected), i

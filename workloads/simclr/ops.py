@@ -130,7 +130,8 @@ def crop_resize(images: Images, boxes: Tensor, output_size: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- colour ops
 # All take float images (M, 3, H, W) in [0, 255] and one factor per image (M,), and use the same
-# formulas as torchvision.transforms.v2.functional (which they are tested against).
+# formulas as torchvision.transforms.v2.functional (which they are tested against). They may work in
+# place: each returns its result, which may be x itself, modified (no new image-sized tensor).
 
 
 def luma(x: Tensor) -> Tensor:
@@ -147,12 +148,12 @@ def _per_image(factor: Tensor) -> Tensor:
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
     """x·f + other·(1 − f), clamped to the valid range (torchvision's _blend)."""
     f = _per_image(factor)
-    return (x * f).add_(other * (1.0 - f)).clamp_(0.0, MAX_VALUE)
+    return x.mul_(f).add_(other * (1.0 - f)).clamp_(0.0, MAX_VALUE)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
     """Blend with black: scale every pixel by the image's factor."""
-    return (x * _per_image(factor)).clamp_(0.0, MAX_VALUE)
+    return x.mul_(_per_image(factor)).clamp_(0.0, MAX_VALUE)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
@@ -195,7 +196,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     centre, sign, bias = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
                           for v in (_HUE_CENTRE, _HUE_SIGN, _HUE_BIAS))
     pure = (hue6 - centre).abs_().mul_(sign).add_(bias).clamp_(0.0, 1.0)  # (M, 3, H, W) in [0, 1]
-    return torch.addcmul(minc.unsqueeze(1), pure, chroma.unsqueeze(1))  # (M, 3, H, W)
+    return torch.addcmul(minc.unsqueeze(1), pure, chroma.unsqueeze(1), out=x)  # (M, 3, H, W), into x
 
 
 def hflip(x: Tensor) -> Tensor:
@@ -257,7 +258,8 @@ def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image:
     """x[mask] = fn(x[mask], *(p[mask] for p in per_image)), in place; no work for unselected images.
 
     A selection of at most ``MAX_RUNS`` runs of consecutive images (the CPU's chunks of a few images)
-    is done run by run on slices, which are views: one copy back per run. Otherwise (a GPU's whole
+    is done run by run on slices, which are views: the ops that work in place need no copy back.
+    Otherwise (a GPU's whole
     batch; or ``max_runs=1``, for an op whose cost per call falls with the images in it, as the
     blur's convolution) one gather and one scatter, so the op is still one call. Every op works image by
     image, so both give the same result; the slices halve the cost of the cheap ops on CPU.
@@ -273,7 +275,10 @@ def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image:
         first = index.tolist()
         for a, b in zip(starts, ends, strict=True):
             rows = slice(first[a], first[a] + b - a)
-            x[rows] = fn(x[rows], *(p[rows] for p in per_image))
+            view = x[rows]
+            out = fn(view, *(p[rows] for p in per_image))
+            if out is not view:  # an op that did not work in place
+                view.copy_(out)
         return
     subset = x.index_select(0, index)  # (M, 3, S, S)
     x.index_copy_(0, index, fn(subset, *(p.index_select(0, index) for p in per_image)))
