@@ -22,7 +22,11 @@ sample photos by tests/photos.py.
     resized) first: the stream before the crop stage started from the whole photo;
   - torchvision: per image, PIL decode, ``PILToTensor``, then the ImageNet recipe's v2 Compose
     (``reference_augment``: RandomResizedCrop on the whole photo, flip, jitter, grayscale, blur)
-    twice, batch_size 64: what lightly and solo-learn users run.
+    twice, batch_size 64: torchvision's tensor transforms, with its exact k x k Gaussian blur;
+  - PIL: per image, PIL decode, then torchvision's v1 transforms on the PIL image (RandomResizedCrop,
+    flip, ColorJitter, grayscale) and PIL's own ``ImageFilter.GaussianBlur(radius=sigma)`` (box-blur
+    passes approximating the Gaussian), ``PILToTensor`` last, twice: the pipeline MoCo's, SwAV's,
+    solo-learn's and lightly's data loaders run (their GaussianBlur is PIL's).
   ImageNet recipe (s = 1.0), with blur (p = 0.5, kernel 23) and without. Figures are images (two views
   each) per second per worker process, fork included; the sides alternate and the median of the
   repeats is reported.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import emit_json, load_now, machine, median, say, table
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -170,6 +175,46 @@ class OurViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.aug.two_views(images, gen)
 
 
+class PILBlur:
+    """MoCo's / SwAV's / solo-learn's / lightly's GaussianBlur: PIL's, radius = σ ~ U(0.1, 2), with probability p."""
+
+    def __init__(self, p: float, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+class PILViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Item i: PIL decode of photo i, then the recipe as torchvision v1 transforms on the PIL image,
+    PIL's blur, twice."""
+
+    def __init__(self, photos: list[bytes], blur: bool) -> None:
+        from torchvision import transforms as T
+
+        aug = SimCLRAugment(**recipe(blur))
+        brightness, contrast, saturation, hue = aug.jitter
+        self.photos = photos
+        self.transform = T.Compose([
+            T.RandomResizedCrop(aug.output_size, scale=aug.scale, ratio=aug.ratio),
+            T.RandomHorizontalFlip(p=aug.flip_p),
+            T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=aug.jitter_p),
+            T.RandomGrayscale(p=aug.gray_p),
+            PILBlur(aug.blur_p, aug.blur_sigma),
+            T.PILToTensor(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(io.BytesIO(self.photos[i])) as img:
+            rgb = img.convert("RGB")
+        return self.transform(rgb), self.transform(rgb)
+
+
 class TorchvisionViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item i: PIL decode of photo i, then torchvision's per-image recipe twice."""
 
@@ -199,7 +244,7 @@ def images_per_second(loader: DataLoader[Any], expected: int) -> float:
     return seen / seconds
 
 
-SIDES = ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision")
+SIDES = ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision", "pil")
 
 
 def run_path(photos: list[bytes], ref_images: int, blur: bool, workers: int, repeats: int,
@@ -209,13 +254,15 @@ def run_path(photos: list[bytes], ref_images: int, blur: bool, workers: int, rep
         "ours_crop_stage_only": OurViews(photos, blur, chunk, crop_only=True),
         "ours_resized_at_decode": OurViews(photos, blur, chunk, decode=resized_decode),
         "torchvision": TorchvisionViews(photos[:ref_images], blur),
+        "pil": PILViews(photos[:ref_images], blur),
     }
     for ds in datasets.values():
         ds[0]  # first-call costs (op registration, libjpeg set-up) in the parent, before the fork
-    loaders = {name: DataLoader(ds, batch_size=chunk if name == "torchvision" else None, num_workers=workers)
+    per_image = ("torchvision", "pil")
+    loaders = {name: DataLoader(ds, batch_size=chunk if name in per_image else None, num_workers=workers)
                for name, ds in datasets.items()}
     expected = {"ours": len(photos), "ours_crop_stage_only": len(photos), "ours_resized_at_decode": len(photos),
-                "torchvision": ref_images}
+                "torchvision": ref_images, "pil": ref_images}
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     loads = []
     for rep in range(repeats):
@@ -226,6 +273,8 @@ def run_path(photos: list[bytes], ref_images: int, blur: bool, workers: int, rep
     for side, r in rates.items():
         rec[side] = {"images_per_s": median(r), "images_per_s_per_core": median(r) / workers, "all": r}
     rec["ratio_ours_over_torchvision"] = rec["ours"]["images_per_s"] / rec["torchvision"]["images_per_s"]
+    rec["ratio_ours_over_pil"] = rec["ours"]["images_per_s"] / rec["pil"]["images_per_s"]
+    rec["ratio_crop_stage_over_pil"] = rec["ours_crop_stage_only"]["images_per_s"] / rec["pil"]["images_per_s"]
     return rec
 
 
@@ -258,10 +307,12 @@ def main() -> None:
                                              *d["images_per_s"].values()] for d in decode]), "")
     rows = [[("blur p=0.5" if r["blur"] else "no blur"), r["workers"], r["ours"]["images_per_s_per_core"],
              r["ours_crop_stage_only"]["images_per_s_per_core"], r["ours_resized_at_decode"]["images_per_s_per_core"],
-             r["torchvision"]["images_per_s_per_core"], f"{r['ratio_ours_over_torchvision']:.2f}x",
-             max(r["load_1min"])] for r in results]
+             r["torchvision"]["images_per_s_per_core"], r["pil"]["images_per_s_per_core"],
+             f"{r['ratio_ours_over_torchvision']:.2f}x", f"{r['ratio_ours_over_pil']:.2f}x",
+             f"{r['ratio_crop_stage_over_pil']:.2f}x", max(r["load_1min"])] for r in results]
     headers = ["case", "workers", "ours img/s/core", "ours crop stage only img/s/core",
-               "ours resized at decode img/s/core", "torchvision img/s/core", "ours/torchvision", "max load"]
+               "ours resized at decode img/s/core", "torchvision img/s/core", "PIL img/s/core", "ours/torchvision",
+               "ours/PIL", "crop stage/PIL", "max load"]
     say(args.json, f"JPEG bytes -> two {OUTPUT_SIZE} px views, imagenet recipe, DataLoader workers of 1 thread; "
         f"load {load_before} -> {load_after}", "", table(headers, rows), "")
     if args.json:

@@ -82,10 +82,11 @@ def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str,
         assert len(d["images_per_s"]) == 4 and all(_positive(v) for v in d["images_per_s"].values())
     assert {r["blur"] for r in out["results"]} == {True, False}
     for r in out["results"]:
-        for side in ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision"):
+        for side in ("ours", "ours_crop_stage_only", "ours_resized_at_decode", "torchvision", "pil"):
             assert _positive(r[side]["images_per_s"]) and _positive(r[side]["images_per_s_per_core"])
         assert r["ratio_ours_over_torchvision"] == pytest.approx(
             r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
+        assert r["ratio_ours_over_pil"] == pytest.approx(r["ours"]["images_per_s"] / r["pil"]["images_per_s"])
 
 
 def test_gpu_runs_every_part_on_the_cpu_and_marks_gpu_only_parts_skipped(
