@@ -7,7 +7,8 @@ every image, collated into (B, 3, S, S) batches in the parent.
 - ours: a dataset whose item is a batch of B images, augmented by `SimCLRAugment.two_views`
   (per-image parameters, each op applied to the whole batch), `batch_size=None`.
 - torchvision: `reference_augment` (the per-image v2 Compose of the same recipe) called twice per
-  image in `__getitem__`, `batch_size=B`: what lightly and solo-learn users run.
+  image in `__getitem__`, `batch_size=B`: torchvision's tensor transforms (MoCo, SwAV, solo-learn and
+  lightly transform PIL images with PIL's blur instead; bench/jpeg_views.py measures that too).
 
 Inputs are decode-free random uint8 images already in memory (no JPEG decode on either side), at the
 output size or, for 224 px, at the 256 px decode size of the ImageNet recipe. Recipes: 32 px is the

@@ -365,8 +365,10 @@ def reference_augment(
 ) -> v2.Compose:
     """The standard per-image torchvision v2 pipeline of the same recipe, on one uint8 (3, H, W) image.
 
-    What lightly / solo-learn users run; the baseline for benchmarks and the reference for the
-    statistics tests. Applied to a batch at once it draws one parameter set for the whole batch.
+    torchvision's tensor transforms, with the exact k x k blur: a baseline for benchmarks and the
+    reference for the statistics tests. (MoCo, SwAV, solo-learn and lightly run torchvision's
+    transforms on PIL images with PIL's box-approximated blur instead: bench/jpeg_views.py's PIL side.)
+    Applied to a batch at once it draws one parameter set for the whole batch.
     Arguments are validated exactly as SimCLRAugment's.
     """
     aug = SimCLRAugment(output_size, strength, min_scale, max_scale, ratio, flip_p, jitter_p, gray_p,
