@@ -250,35 +250,47 @@ def image_sizes(images: Images) -> tuple[int | Tensor, int | Tensor]:
     return sizes[:, 0], sizes[:, 1]
 
 
-MAX_RUNS = 4  # selections of more runs than this are gathered and scattered (apply_subset)
+MAX_SLICED = 16  # apply_subset: batches of at most this many images may be worked on slice by slice
+MAX_RUNS = 4  # ... when the selection is at most this many runs of consecutive images
 
 
 def apply_subset(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_image: Tensor,
                  max_runs: int = MAX_RUNS) -> None:
     """x[mask] = fn(x[mask], *(p[mask] for p in per_image)), in place; no work for unselected images.
 
-    A selection of at most ``MAX_RUNS`` runs of consecutive images (the CPU's chunks of a few images)
-    is done run by run on slices, which are views: the ops that work in place need no copy back.
-    Otherwise (a GPU's whole
-    batch; or ``max_runs=1``, for an op whose cost per call falls with the images in it, as the
-    blur's convolution) one gather and one scatter, so the op is still one call. Every op works image by
-    image, so both give the same result; the slices halve the cost of the cheap ops on CPU.
+    In a batch of a few images (at most ``MAX_SLICED``: the CPU's chunks of 224 px crops), a selection
+    of at most ``max_runs`` runs of consecutive images is done run by run on slices, which are views:
+    the ops that work in place need no copy back. Otherwise (a batch of many images, a GPU's or small
+    crops'; or ``max_runs=1``, for an op whose cost per call falls with the images in it, as the
+    blur's convolution) one gather and one scatter, so the op is still one call. Every op works image
+    by image, so both give the same result; the slices halve the cost of the cheap ops on CPU.
     """
+    if len(x) <= MAX_SLICED:
+        runs = _runs(mask.tolist())
+        if not runs:
+            return
+        if len(runs) <= max_runs:
+            for start, stop in runs:
+                view = x[start:stop]
+                out = fn(view, *(p[start:stop] for p in per_image))
+                if out is not view:  # an op that did not work in place
+                    view.copy_(out)
+            return
     index = mask.nonzero().squeeze(1)  # (M,)
     if index.numel() == 0:
         return
-    # Runs of consecutive indices: where the step from one to the next is not 1.
-    breaks = (index[1:] - index[:-1] != 1).nonzero().squeeze(1)
-    if len(breaks) < max_runs:
-        starts = [0, *(breaks + 1).tolist()]
-        ends = [*(breaks + 1).tolist(), len(index)]
-        first = index.tolist()
-        for a, b in zip(starts, ends, strict=True):
-            rows = slice(first[a], first[a] + b - a)
-            view = x[rows]
-            out = fn(view, *(p[rows] for p in per_image))
-            if out is not view:  # an op that did not work in place
-                view.copy_(out)
-        return
     subset = x.index_select(0, index)  # (M, 3, S, S)
     x.index_copy_(0, index, fn(subset, *(p.index_select(0, index) for p in per_image)))
+
+
+def _runs(selected: list[bool]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive True values."""
+    runs: list[tuple[int, int]] = []
+    for i, chosen in enumerate(selected):
+        if not chosen:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
