@@ -32,14 +32,21 @@ def decode_whole(data: bytes, size: int) -> np.ndarray:
     A JPEG whose shorter side is at least twice ``size`` is decoded at the largest JPEG DCT
     reduction (1/2, 1/4 or 1/8, PIL's ``draft``) that keeps its shorter side at least ``size``:
     a fraction of a full decode's cost, and the crops at the output size see no fewer pixels than
-    from a ``size`` image. Anything else is decoded at its own size. Raises on anything PIL cannot
-    read (truncated files fail here, not later).
+    from a ``size`` image. Anything else is decoded at its own size, and resized to a shorter side of
+    ``size`` only where it is still at least twice that (a large PNG, a JPEG beyond 1/8's reach), so
+    that the pixels a task holds stay bounded. Raises on anything PIL cannot read (truncated files
+    fail here, not later).
     """
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG" and min(img.size) >= 2 * size:
             img.draft("RGB", (size, size))  # scale = the largest of 8, 4, 2 with min(w, h) // scale >= size
         img.load()
         rgb = img if img.mode == "RGB" else img.convert("RGB")
+        w, h = rgb.size
+        if min(w, h) >= 2 * size:
+            scale = size / min(w, h)
+            rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR,
+                             reducing_gap=3.0)
         return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -525,6 +525,7 @@ def test_dct_scaling_is_used_only_where_it_reduces_by_at_least_2(monkeypatch: py
     (1024, 768, 256, (384, 512, 3), 2),  # 768 // 256 = 3: halved
     (2400, 1600, 160, (200, 300, 3), 8),  # 1600 // 160 = 10: by 8
     (900, 1350, 224, (338, 225, 3), 4),  # portrait, 900 // 224 = 4: by 4 (rounded up)
+    (4096, 3072, 256, (384, 512, 3), 8),  # 3072 // 256 = 12: by 8, the most DCT scaling does
 ])
 def test_whole_decode_is_the_whole_photo_at_the_largest_dct_reduction_that_keeps_the_size(
         w: int, h: int, size: int, shape: tuple[int, int, int], reduction: int) -> None:
@@ -545,6 +546,21 @@ def test_whole_decode_is_the_whole_photo_at_the_largest_dct_reduction_that_keeps
     diff = np.abs(out - old)
     assert diff.mean() < min(4.0, 2 * np.abs(old - lanczos).mean()), diff.mean()
     assert abs((out - old).mean()) < 0.5
+
+
+@pytest.mark.parametrize(("w", "h", "size", "shape"), [
+    (800, 600, 256, (256, 341, 3)),  # a PNG at least twice the size: resized, as no DCT scaling applies
+    (500, 375, 256, (375, 500, 3)),  # under twice the size: its own size
+])
+def test_whole_decode_bounds_a_large_image_that_dct_scaling_cannot_reduce(
+        w: int, h: int, size: int, shape: tuple[int, int, int]) -> None:
+    out = decode_whole(encode(Image.open(io.BytesIO(large_photo(w, h))).convert("RGB"), "PNG"), size)
+    assert out.shape == shape
+
+
+def test_whole_decode_bounds_a_jpeg_beyond_the_reach_of_dct_scaling() -> None:
+    out = decode_whole(large_photo(2400, 1600), 96)  # 1600 / 8 = 200 >= 2 x 96: resized to 96 after the DCT
+    assert out.shape == (96, 144, 3)
 
 
 @pytest.mark.parametrize(("fmt", "mode"), [
