@@ -205,10 +205,30 @@ def _from_blocks(store: RowStore, index: StoreIndex, positions: np.ndarray) -> l
     out: list[Any] = [None] * len(positions)
     for b, table in zip(wanted.tolist(), ray.get([store.blocks[b] for b in wanted]), strict=True):
         rows = np.flatnonzero(block == b)  # where in the chunk this block's rows go
-        taken = table.column(column).take(pa.array(positions[rows] - index.offsets[b])).combine_chunks()
-        values = taken.to_pylist() if store.encoded else taken.to_numpy()  # tensors: (n, H, W, 3) or ragged
+        local = positions[rows] - index.offsets[b]
+        if store.encoded:
+            values = table.column(column).take(pa.array(local)).to_pylist()
+        else:
+            values = _tensor_rows(table.column(column), local)
         for i, v in zip(rows.tolist(), values, strict=True):
             out[i] = v
+    return out
+
+
+def _tensor_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[np.ndarray]:
+    """Rows of a block's image column (Ray's tensor extension, fixed or variable shape) as numpy views
+    of the block, no copy: Ray's ``to_numpy`` of a chunk views each row in place, where Arrow's
+    ``take`` copied every selected row's pixels (about 0.9 ms per 256 px photo, as much as decoding
+    its JPEG; docs/BENCHMARKS.md, section 7)."""
+    out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(rows)
+    start = 0
+    for chunk in column.chunks:
+        inside = np.flatnonzero((rows >= start) & (rows < start + len(chunk)))
+        if len(inside):
+            views = chunk.to_numpy()  # (n, H, W, 3), or n arrays of their own shapes
+            for i in inside.tolist():
+                out[i] = views[int(rows[i]) - start]
+        start += len(chunk)
     return out
 
 

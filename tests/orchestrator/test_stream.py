@@ -265,3 +265,32 @@ def test_multi_crop_views_of_two_sizes_arrive_through_the_stream_and_feed_swav(s
     loss = swav.loss(Net(forward=model, core=model, image=normalize, autocast=nullcontext),
                      batch, cfg)
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_tensor_rows_are_the_rows_asked_for_as_views_of_the_block_across_chunks(ragged: bool) -> None:
+    """The cached blocks' images reach the crops as views of the block (no copy of the pixels), the
+    right rows in the order asked for, whichever chunk of the column holds them."""
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    from orchestrator.data.stream import _tensor_rows
+
+    rng = np.random.default_rng(0)
+    shapes = [(6, 5 + i % 3 if ragged else 5, 3) for i in range(9)]
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+
+    def chunk(part: list[np.ndarray]) -> pa.Array:
+        if not ragged:
+            return ArrowTensorArray.from_numpy(np.stack(part))
+        column = np.empty(len(part), dtype=object)  # ragged: what decode_batch hands Ray Data
+        column[:] = part
+        return ArrowTensorArray.from_numpy(column)
+
+    column = pa.chunked_array([chunk(images[:4]), chunk(images[4:])])
+    rows = np.asarray([7, 0, 3, 4, 8, 2])
+    out = _tensor_rows(column, rows)
+    for got, r in zip(out, rows.tolist(), strict=True):
+        assert np.array_equal(got, images[r])
+        k, j = (0, r) if r < 4 else (1, r - 4)
+        assert np.shares_memory(got, column.chunk(k).to_numpy()[j])  # a view, not a copy
