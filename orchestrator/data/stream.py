@@ -42,6 +42,7 @@ from workloads.methods import method
 from workloads.rng import RowRandom, row_keys
 
 ROW_ID = "row_id"  # streamed beside the views: which row of the store each view is of
+WHOLE_CHUNK_FRACTION = 4  # _tensor_rows: views of a whole chunk when at least a quarter of it is wanted
 
 
 @ray.remote(num_cpus=0)
@@ -217,17 +218,23 @@ def _from_blocks(store: RowStore, index: StoreIndex, positions: np.ndarray) -> l
 
 def _tensor_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[np.ndarray]:
     """Rows of a block's image column (Ray's tensor extension, fixed or variable shape) as numpy views
-    of the block, no copy: Ray's ``to_numpy`` of a chunk views each row in place, where Arrow's
-    ``take`` copied every selected row's pixels (about 0.9 ms per 256 px photo, as much as decoding
-    its JPEG; docs/BENCHMARKS.md, section 7)."""
+    of the block, no copy: Ray's ``to_numpy`` views each row in place, where Arrow's ``take`` copied
+    every selected row's pixels (about 0.9 ms per 256 px photo, as much as decoding its JPEG;
+    docs/BENCHMARKS.md, section 7). ``to_numpy`` makes a view of every row of what it is given, so a
+    chunk is converted whole only when at least ``1 / WHOLE_CHUNK_FRACTION`` of it is wanted, and
+    otherwise row by row through one-row slices (about 4x the cost per row): a shuffled epoch takes a
+    few rows from each of many blocks."""
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(rows)
     start = 0
     for chunk in column.chunks:
         inside = np.flatnonzero((rows >= start) & (rows < start + len(chunk)))
-        if len(inside):
+        if len(inside) * WHOLE_CHUNK_FRACTION >= len(chunk):
             views = chunk.to_numpy()  # (n, H, W, 3), or n arrays of their own shapes
             for i in inside.tolist():
                 out[i] = views[int(rows[i]) - start]
+        else:
+            for i in inside.tolist():
+                out[i] = chunk.slice(int(rows[i]) - start, 1).to_numpy()[0]
         start += len(chunk)
     return out
 

@@ -288,7 +288,11 @@ def test_tensor_rows_are_the_rows_asked_for_as_views_of_the_block_across_chunks(
         return ArrowTensorArray.from_numpy(column)
 
     column = pa.chunked_array([chunk(images[:4]), chunk(images[4:])])
-    rows = np.asarray([7, 0, 3, 4, 8, 2])
+    rows = np.asarray([7, 0, 3, 4, 8, 2])  # 3 of the first chunk's 4 rows (converted whole), 3 of 5 (whole)
+    out = _tensor_rows(column, rows)
+    for got, r in zip(out, rows.tolist(), strict=True):
+        assert np.array_equal(got, images[r])
+    rows = np.asarray([8, 1])  # one row of each chunk: the second (1 of 5 rows) through a one-row slice
     out = _tensor_rows(column, rows)
     for got, r in zip(out, rows.tolist(), strict=True):
         assert np.array_equal(got, images[r])
