@@ -11,10 +11,11 @@ Prints one JSON object (a summary table goes to stderr):
   blur) on the device over a batch of uint8 224 px crops, with and without blur.
 - ``ntxent_bf16_vs_fp32``: the loss of one ResNet-50 batch under bf16 autocast and in fp32.
 - ``end_to_end``: images/s and data-wait fraction when a DataLoader with N worker processes decodes
-  JPEGs (our decode: the whole photo, not resized, DCT scaling where it applies) and either makes the full views on
-  the CPU (``cpu_augment``: ``two_views``) or only the crops (``device_augment``: ``two_crop_stages``,
-  the colour stage then runs on the GPU), feeding the ResNet-50 bf16 step; N = 2, 4, 8, 16; as a
-  ratio to the model-only limit of the same step.
+  JPEGs (our decode: the whole photo, not resized, DCT scaling where it applies) and either makes the full
+  views on the CPU (``cpu``: ``two_views``) or only the crops (``device``: ``two_crop_stages``, the
+  colour stage then runs on the GPU), or (``pil``) runs the per-image PIL pipeline MoCo, SwAV,
+  solo-learn and lightly run, feeding the ResNet-50 bf16 step; N = 2, 4, 8, 16; as a ratio to the
+  model-only limit of the same step.
 
 Imports only torch, torchvision, numpy, PIL and workloads/ (the GPU machine has no Ray or MLflow).
 Photos: crops of scikit-learn's sample photographs when scikit-learn is installed, else synthetic
@@ -52,6 +53,9 @@ from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import ColourParams, SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ itself, when imported by path
+from pil_pipeline import pil_transform, pil_two_views
 
 DECODE_SIZE = 256
 TEMPERATURE = 0.1
@@ -227,22 +231,30 @@ def device_augment(device: torch.device, batch: int, size: int, repeats: int) ->
 # ----------------------------------------------------------------------------- end to end
 
 
-class Chunks(Dataset[dict[str, Tensor]]):
-    """Item i: one step's batch of photos, decoded and cropped (device_augment) or fully
-    augmented (cpu_augment) in the worker, with RowRandom keys per row as the stream has."""
+AUGMENT_MODES = ("cpu", "device", "pil")
 
-    def __init__(self, photos: list[bytes], batch: int, steps: int, size: int, device_aug: bool) -> None:
-        self.photos, self.batch, self.steps, self.device_aug = photos, batch, steps, device_aug
+
+class Chunks(Dataset[dict[str, Tensor]]):
+    """Item i: one step's batch of photos, in the worker: decoded and cropped (``device``), fully
+    augmented by our views (``cpu``), with RowRandom keys per row as the stream has; or (``pil``) each
+    photo through the per-image PIL pipeline MoCo, SwAV, solo-learn and lightly run (pil_pipeline.py)."""
+
+    def __init__(self, photos: list[bytes], batch: int, steps: int, size: int, mode: str) -> None:
+        self.photos, self.batch, self.steps, self.mode = photos, batch, steps, mode
         self.aug = SimCLRAugment(size, strength=1.0, blur_p=0.5)
+        self.pil = pil_transform(self.aug)
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         rows = np.arange(i * self.batch, (i + 1) * self.batch)
+        if self.mode == "pil":
+            pairs = [pil_two_views(self.photos[r % len(self.photos)], self.pil) for r in rows]
+            return {"view0": torch.stack([a for a, _ in pairs]), "view1": torch.stack([b for _, b in pairs])}
         images = [decode(self.photos[r % len(self.photos)]) for r in rows]
         gen = RowRandom(row_keys(seed=0, epoch=1, row_ids=rows))
-        if not self.device_aug:
+        if self.mode == "cpu":
             v0, v1 = self.aug.two_views(images, gen)
             return {"view0": v0, "view1": v1}
         (c0, p0), (c1, p1) = self.aug.two_crop_stages(images, gen)
@@ -250,11 +262,11 @@ class Chunks(Dataset[dict[str, Tensor]]):
         return {"view0": c0, "view1": c1, **{k: torch.from_numpy(v) for k, v in cols.items()}}
 
 
-def end_to_end(photos: list[bytes], workers: int, device_aug: bool, case: ModelCase, device: torch.device,
+def end_to_end(photos: list[bytes], workers: int, mode: str, case: ModelCase, device: torch.device,
                warmup: int, steps: int) -> dict[str, Any]:
     step = Step(case, device)
     aug = SimCLRAugment(case.size, strength=1.0, blur_p=0.5)
-    data = Chunks(photos, case.batch, warmup + steps, case.size, device_aug)
+    data = Chunks(photos, case.batch, warmup + steps, case.size, mode)
     loader = DataLoader(data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=2)
     it: Iterator[dict[str, Tensor]] = iter(loader)
@@ -269,14 +281,14 @@ def end_to_end(photos: list[bytes], workers: int, device_aug: bool, case: ModelC
         wait += time.perf_counter() - t
         v0 = batch["view0"].to(device, non_blocking=True)
         v1 = batch["view1"].to(device, non_blocking=True)
-        if device_aug:
+        if mode == "device":
             v0 = aug.colour(v0, ColourParams.from_columns(batch, "p0_", device))
             v1 = aug.colour(v1, ColourParams.from_columns(batch, "p1_", device))
         step(v0, v1)
     sync(device)
     seconds = time.perf_counter() - start
     del it, loader
-    return {"workers": workers, "augment": "device" if device_aug else "cpu", "batch": case.batch,
+    return {"workers": workers, "augment": mode, "batch": case.batch,
             "images_per_s": case.batch * steps / seconds, "data_wait_frac": wait / seconds,
             "images_per_s_per_worker": case.batch * steps / seconds / workers}
 
@@ -343,13 +355,13 @@ def main() -> None:
 
     photos, photo_kind = make_photos(2 * r50_batch if quick else 1024, shorter=375 if not quick else 64)
     e2e = []
-    for device_aug in (False, True):
+    for mode in AUGMENT_MODES:
         for w in workers:
-            name = f"end_to_end {'device' if device_aug else 'cpu'} augment, {w} workers"
+            name = f"end_to_end {mode} augment, {w} workers"
             if over_budget(name):
                 continue
             try:
-                r = end_to_end(photos, w, device_aug, e2e_case, device, 1 if quick else 3, 2 if quick else 15)
+                r = end_to_end(photos, w, mode, e2e_case, device, 1 if quick else 3, 2 if quick else 15)
             except (RuntimeError, OSError) as err:  # e.g. a DataLoader worker killed by a small /dev/shm
                 skipped.append({"what": name, "why": f"{type(err).__name__}: {str(err)[:300]}"})
                 continue

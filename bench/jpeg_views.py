@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -49,12 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 from common import emit_json, load_now, machine, median, say, table
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import photo_bytes
+from pil_pipeline import pil_transform, pil_two_views
 
 from orchestrator.data.sources import decode_or_none
 from orchestrator.data.stream import image_tensor
@@ -175,44 +175,18 @@ class OurViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.aug.two_views(images, gen)
 
 
-class PILBlur:
-    """MoCo's / SwAV's / solo-learn's / lightly's GaussianBlur: PIL's, radius = σ ~ U(0.1, 2), with probability p."""
-
-    def __init__(self, p: float, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
-        self.p, self.sigma = p, sigma
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if random.random() >= self.p:
-            return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
-
-
 class PILViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item i: PIL decode of photo i, then the recipe as torchvision v1 transforms on the PIL image,
-    PIL's blur, twice."""
+    PIL's blur, twice (bench/pil_pipeline.py)."""
 
     def __init__(self, photos: list[bytes], blur: bool) -> None:
-        from torchvision import transforms as T
-
-        aug = SimCLRAugment(**recipe(blur))
-        brightness, contrast, saturation, hue = aug.jitter
-        self.photos = photos
-        self.transform = T.Compose([
-            T.RandomResizedCrop(aug.output_size, scale=aug.scale, ratio=aug.ratio),
-            T.RandomHorizontalFlip(p=aug.flip_p),
-            T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=aug.jitter_p),
-            T.RandomGrayscale(p=aug.gray_p),
-            PILBlur(aug.blur_p, aug.blur_sigma),
-            T.PILToTensor(),
-        ])
+        self.photos, self.transform = photos, pil_transform(SimCLRAugment(**recipe(blur)))
 
     def __len__(self) -> int:
         return len(self.photos)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(io.BytesIO(self.photos[i])) as img:
-            rgb = img.convert("RGB")
-        return self.transform(rgb), self.transform(rgb)
+        return pil_two_views(self.photos[i], self.transform)
 
 
 class TorchvisionViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):

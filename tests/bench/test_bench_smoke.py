@@ -103,7 +103,7 @@ def test_gpu_runs_every_part_on_the_cpu_and_marks_gpu_only_parts_skipped(
     assert [a["blur"] for a in out["device_augment"]] == [True, False]
     assert all(_positive(a["images_per_s_two_views"]) for a in out["device_augment"])
     assert math.isfinite(out["ntxent_bf16_vs_fp32"]["abs_diff"])
-    assert {r["augment"] for r in out["end_to_end"]} == {"cpu", "device"}
+    assert {r["augment"] for r in out["end_to_end"]} == {"cpu", "device", "pil"}
     for r in out["end_to_end"]:
         assert _positive(r["images_per_s"]) and 0.0 <= r["data_wait_frac"] <= 1.0
         assert r["ratio_to_model_only"] == pytest.approx(r["images_per_s"] / out["model_only_limit_images_per_s"])
