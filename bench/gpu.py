@@ -355,8 +355,8 @@ def main() -> None:
 
     photos, photo_kind = make_photos(2 * r50_batch if quick else 1024, shorter=375 if not quick else 64)
     e2e = []
-    for mode in AUGMENT_MODES:
-        for w in workers:
+    for w in workers:  # every loader at each N before the next N: a budget cut loses the largest N, not a loader
+        for mode in AUGMENT_MODES:
             name = f"end_to_end {mode} augment, {w} workers"
             if over_budget(name):
                 continue
