@@ -46,6 +46,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # workloads/ without an install
+from pil_pipeline import pil_transform, pil_two_views
+
 from workloads.decode import decode_whole
 from workloads.method import normalize
 from workloads.optim import build_optimizer
@@ -53,9 +55,6 @@ from workloads.rng import RowRandom, row_keys
 from workloads.simclr.augment import ColourParams, SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ itself, when imported by path
-from pil_pipeline import pil_transform, pil_two_views
 
 DECODE_SIZE = 256
 TEMPERATURE = 0.1

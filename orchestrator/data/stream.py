@@ -42,6 +42,9 @@ from workloads.methods import method
 from workloads.rng import RowRandom, row_keys
 
 ROW_ID = "row_id"  # streamed beside the views: which row of the store each view is of
+# image_tensor's read-only views: torch's warning that it could write to them, from this module only.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
 WHOLE_CHUNK_FRACTION = 4  # _tensor_rows: views of a whole chunk when at least a quarter of it is wanted
 
 
@@ -242,11 +245,10 @@ def _tensor_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[np.ndarray]:
 def image_tensor(a: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> (3, H, W), a view: no copy of the image, read-only arrays included (a zero-copy
     view of the object store, a decoded photo's buffer). torch warns that a tensor over a read-only
-    array could be written to; the crops only read it. A copy here cost as much as a third of
-    decoding an ImageNet-sized JPEG (docs/BENCHMARKS.md, section 5)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        return torch.from_numpy(a).permute(2, 0, 1)
+    array could be written to; the crops only read it (the warning is filtered for this module only,
+    above). A copy here cost as much as a third of decoding an ImageNet-sized JPEG
+    (docs/BENCHMARKS.md, section 5)."""
+    return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
