@@ -65,12 +65,28 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
 
 
 def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_classes: int) -> None:
-    """``mlflow.log_input`` for a run we hold by id (the Datasets panel of the run)."""
+    """``mlflow.log_input`` for a run we hold by id (the Datasets panel of the run).
+
+    A dataset is stored once per experiment. MLflow looks it up and inserts it if missing in one
+    transaction, so the trials of a sweep, which log the same dataset at the same moment, can race: the
+    loser's insert breaks the unique constraint and its transaction is rolled back. A second attempt then
+    finds the dataset and only links it to the run.
+    """
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     ds = dataset_input(cfg, num_train, num_classes)
-    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
-                                                     tags=[InputTag("mlflow.data.context", "train")])])
+    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as err:
+        if not _DUPLICATE.search(str(err)):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
+
+
+# How SQLite, PostgreSQL and MySQL word a broken unique constraint.
+_DUPLICATE = re.compile(r"UNIQUE constraint failed|duplicate key value|Duplicate entry", re.IGNORECASE)
 
 
 def node_name(ip: str, node_id: str) -> str:

@@ -118,7 +118,9 @@ def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]
     for r in results:
         for side in ("ours", "naive", "ours_chunked"):
             assert _positive(r[side]["ms"]) and r[side]["peak_bytes"] >= 0
-        assert _positive(r["time_ratio_naive_over_ours"]) and _positive(r["memory_ratio_naive_over_ours"])
+        assert _positive(r["time_ratio_naive_over_ours"])
+        # An RSS delta at --quick sizes may be 0 (the pages were already resident): a figure, not a threshold.
+        assert math.isfinite(r["memory_ratio_naive_over_ours"]) and r["memory_ratio_naive_over_ours"] >= 0
         assert r["logits_bytes_ours"] * r["workers"] == r["logits_bytes_naive"]
 
 
