@@ -134,6 +134,22 @@ def this_node() -> str:
     return record.node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
 
 
+def report_fatal(flag: Any, message: str) -> None:
+    """Tell the driver of a deterministic failure (a non-finite loss), then give it time to end the run
+    before this worker raises. Raised at once, the error reaches Ray Train's controller, which may
+    restart the worker group before the driver's next poll (every ``FATAL_POLL_S``) fails the run;
+    the restarted group fails at its first check, but a restart is what the run was to be spared. The
+    driver ends the run within a poll or two, and this worker with it; ``FATAL_GRACE_S`` bounds the
+    wait where no driver polls."""
+    if flag is None:
+        return
+    ray.get(flag.fail.remote(message), timeout=60)
+    time.sleep(FATAL_GRACE_S)
+
+
+FATAL_GRACE_S = 30.0  # 15 of the driver's polls (orchestrator/train/driver.py: FATAL_POLL_S)
+
+
 def check_fatal(flag: Any, timeout: float = 60) -> None:
     """Raise the deterministic failure (a non-finite loss) a worker recorded on the flag, if any: a
     restarted attempt fails at once with it, and the driver's poll fails the run with it."""

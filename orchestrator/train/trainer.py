@@ -26,7 +26,15 @@ from orchestrator.train.checkpoint import TrainState, latest_checkpoint, optimiz
 from orchestrator.train.env import WorkerEnv
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import unwrap, use_bf16, use_channels_last
-from orchestrator.train.progress import NonFiniteLossError, flag_set, flush, log, log_artifacts, start_attempt
+from orchestrator.train.progress import (
+    NonFiniteLossError,
+    flag_set,
+    flush,
+    log,
+    log_artifacts,
+    report_fatal,
+    start_attempt,
+)
 from workloads.method import Net, normalize
 from workloads.methods import method
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
@@ -175,8 +183,7 @@ class Trainer:
     def _non_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         message = (f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
                    f"lower optim.lr or raise loss.temperature (the last good checkpoint is kept)")
-        if self.job.stop_flag is not None:
-            ray.get(self.job.stop_flag.fail.remote(message), timeout=60)
+        report_fatal(self.job.stop_flag, message)
         raise NonFiniteLossError(message)
 
     def log_step(self, epoch: int, steps: int, loss: torch.Tensor, start: float) -> bool:

@@ -6,6 +6,7 @@ The end-to-end path through Ray Train is tests/orchestrator/test_train_e2e.py's;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from collections.abc import Iterator, Mapping
@@ -97,6 +98,39 @@ def test_train_step_refuses_a_non_finite_loss(tmp_path: Path, monkeypatch: pytes
     batch = next(iter(trainer.env.dataset("train").iter_torch_batches()))
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         trainer.train_step(batch, epoch=1, step=1)
+    assert trainer.state.global_step == 0
+
+
+def test_a_non_finite_loss_is_told_to_the_driver_which_gets_time_to_end_the_run_before_the_worker_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised at once, Ray Train could restart the worker group before the driver's poll fails the run
+    (a clean-clone CI run saw two worker-group starts)."""
+    from orchestrator.train import progress
+    from orchestrator.train.driver import FATAL_POLL_S
+
+    events: list[tuple[str, Any]] = []
+
+    class Fail:
+        def remote(self, message: str) -> str:
+            events.append(("fail", message))
+            return message
+
+    class Flag:
+        fail = Fail()
+
+    monkeypatch.setattr(progress.ray, "get", lambda ref, timeout=None: ref)
+    monkeypatch.setattr(progress.time, "sleep", lambda s: events.append(("sleep", s)))
+    trainer, _ = make(tmp_path)
+    trainer.setup()
+    trainer.job = dataclasses.replace(trainer.job, stop_flag=Flag())
+    monkeypatch.setattr(trainer.method, "loss", lambda net, batch, cfg: torch.tensor(float("inf")))
+    batch = next(iter(trainer.env.dataset("train").iter_torch_batches()))
+    with pytest.raises(NonFiniteLossError, match="epoch 3, step 7"):
+        trainer.train_step(batch, epoch=3, step=7)
+    (kind, message), sleep = events
+    assert kind == "fail" and "non-finite loss (inf) at epoch 3, step 7" in message
+    assert sleep == ("sleep", progress.FATAL_GRACE_S)
+    assert progress.FATAL_GRACE_S >= 10 * FATAL_POLL_S  # the driver ends the run a poll or two in
     assert trainer.state.global_step == 0
 
 
