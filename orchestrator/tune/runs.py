@@ -56,6 +56,7 @@ def end_orphans(client: Any, spec: SweepSpec, status: str, reason: str) -> None:
 
 def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
     """Match trials to child runs by name; end the ones Tune's kill left RUNNING; tag stopped trials."""
+    interrupted = f"sweep interrupted; resume with simclr tune --resume {spec.name}"
     by_name: dict[str, list[Any]] = {}
     for run in child_runs(client, spec):
         by_name.setdefault(run.data.tags.get(RUN_NAME_TAG, run.info.run_name), []).append(run)
@@ -77,13 +78,17 @@ def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
                     client.delete_tag(run_id, "error")
                 tracking.end_run(client, run_id, "FINISHED")
                 continue
+            if run is runs[-1] and trial.status == "interrupted" and run.info.status == "FAILED":
+                # the same race on Ctrl-C/SIGTERM: Tune's stop removes the placement group, the training
+                # ends its run FAILED first; Tune saw no error, and --resume trains the trial on
+                tracking.end_run(client, run_id, "KILLED", interrupted)
+                continue
             if run.info.status != "RUNNING":
                 continue
             if trial.status == "failed":
                 tracking.end_run(client, run_id, "FAILED", trial.error)
             elif trial.status == "interrupted":
-                tracking.end_run(client, run_id, "KILLED",
-                                 f"sweep interrupted; resume with simclr tune --resume {spec.name}")
+                tracking.end_run(client, run_id, "KILLED", interrupted)
             else:  # completed or stopped early by the scheduler: the run did what it was asked
                 tracking.end_run(client, run_id, "FINISHED")
     for runs in by_name.values():  # runs of no known trial: never leave them RUNNING

@@ -210,8 +210,9 @@ def test_best_trial_prefers_completed_trials() -> None:
 
 def test_child_runs_are_ended_as_their_trials_ended_and_a_stopped_trial_is_never_failed(tmp_path: Path) -> None:
     """After the sweep: runs Tune's kill left RUNNING are ended by their trial's outcome; a run that ASHA
-    stopped is FINISHED even when the training inside saw the trial's placement group go and ended
-    its run FAILED first (seen in the suite: "Destroying worker since its placement group was removed")."""
+    stopped is FINISHED, and one the sweep's interruption stopped is KILLED, even when the training
+    inside saw the trial's placement group go and ended its run FAILED first (seen in the suite, for
+    both: "Destroying worker since its placement group was removed")."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.tune.report import SweepOutcome, TrialSummary
@@ -225,7 +226,7 @@ def test_child_runs_are_ended_as_their_trials_ended_and_a_stopped_trial_is_never
                      scheduler="asha", num_samples=1, metric="loss", mode="min", grace_period=1,
                      reduction_factor=2, resources={}, tracking_uri="", experiment_id=exp, parent_run_id=parent)
     ends = {"a": ("completed", "RUNNING"), "b": ("stopped_early", "RUNNING"), "c": ("stopped_early", "FAILED"),
-            "d": ("failed", "RUNNING")}
+            "d": ("failed", "RUNNING"), "e": ("interrupted", "RUNNING"), "f": ("interrupted", "FAILED")}
     run_ids = {}
     for name, (_status, mlflow_status) in ends.items():
         run_ids[name] = client.create_run(exp, run_name=f"sw-{name}",
@@ -239,8 +240,10 @@ def test_child_runs_are_ended_as_their_trials_ended_and_a_stopped_trial_is_never
     fix_child_runs(client, spec, outcome)
     runs = {name: client.get_run(run_id) for name, run_id in run_ids.items()}
     assert {name: r.info.status for name, r in runs.items()} == {
-        "a": "FINISHED", "b": "FINISHED", "c": "FINISHED", "d": "FAILED"}
+        "a": "FINISHED", "b": "FINISHED", "c": "FINISHED", "d": "FAILED", "e": "KILLED", "f": "KILLED"}
     assert "error" not in runs["c"].data.tags and runs["d"].data.tags["error"] == "boom"
+    assert runs["e"].data.tags["error"] == runs["f"].data.tags["error"] == \
+        "sweep interrupted; resume with simclr tune --resume sw"
     assert {name for name, r in runs.items() if r.data.tags.get("simclr.stopped_early") == "true"} == {"b", "c"}
     assert all(r.data.tags["simclr.trial_id"] == name for name, r in runs.items())
 
