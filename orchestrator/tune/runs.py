@@ -55,8 +55,7 @@ def end_orphans(client: Any, spec: SweepSpec, status: str, reason: str) -> None:
 
 
 def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
-    """Match trials to child runs by name; end the ones Tune's kill left RUNNING; tag stopped trials."""
-    interrupted = f"sweep interrupted; resume with simclr tune --resume {spec.name}"
+    """Match trials to child runs by name; end each run as its trial ended; tag stopped trials."""
     by_name: dict[str, list[Any]] = {}
     for run in child_runs(client, spec):
         by_name.setdefault(run.data.tags.get(RUN_NAME_TAG, run.info.run_name), []).append(run)
@@ -65,34 +64,34 @@ def fix_child_runs(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
         if not runs:
             continue
         trial.run_id = runs[-1].info.run_id
+        status, error = _ending(trial, spec)
         for run in runs:
             run_id = run.info.run_id
             tags = {TRIAL_TAG: trial.trial_id, SWEEP_TAG: spec.name}
             if run is runs[-1] and trial.status == "stopped_early":
                 tags[STOPPED_EARLY_TAG] = "true"
             tracking.set_tags(client, run_id, tags)
-            if STOPPED_EARLY_TAG in tags and run.info.status == "FAILED":
-                # ASHA's stop removes the trial's placement group; the training inside may see its actors
-                # die first and end the run FAILED ("placement group was removed"): it was stopped, as asked
-                if "error" in run.data.tags:
-                    client.delete_tag(run_id, "error")
-                tracking.end_run(client, run_id, "FINISHED")
-                continue
-            if run is runs[-1] and trial.status == "interrupted" and run.info.status == "FAILED":
-                # the same race on Ctrl-C/SIGTERM: Tune's stop removes the placement group, the training
-                # ends its run FAILED first; Tune saw no error, and --resume trains the trial on
-                tracking.end_run(client, run_id, "KILLED", interrupted)
-                continue
-            if run.info.status != "RUNNING":
-                continue
-            if trial.status == "failed":
-                tracking.end_run(client, run_id, "FAILED", trial.error)
-            elif trial.status == "interrupted":
-                tracking.end_run(client, run_id, "KILLED", interrupted)
-            else:  # completed or stopped early by the scheduler: the run did what it was asked
-                tracking.end_run(client, run_id, "FINISHED")
+            # Tune's stop (ASHA's, or the sweep's on Ctrl-C/SIGTERM) removes the trial's placement group;
+            # the training inside may see its actors die first and end its run FAILED ("placement group
+            # was removed"): the trial was stopped, not failed
+            torn_down = (run is runs[-1] and run.info.status == "FAILED"
+                         and trial.status in ("stopped_early", "interrupted"))
+            if torn_down and not error and "error" in run.data.tags:
+                client.delete_tag(run_id, "error")
+            if run.info.status == "RUNNING" or torn_down:
+                tracking.end_run(client, run_id, status, error)
     for runs in by_name.values():  # runs of no known trial: never leave them RUNNING
         for run in runs:
             if run.info.status == "RUNNING":
                 tracking.end_run(client, run.info.run_id, "KILLED", "no Tune trial matches this run")
+
+
+def _ending(trial: Any, spec: SweepSpec) -> tuple[str, str]:
+    """How a trial's run ends: its status and error tag. Completed or stopped early by the scheduler,
+    the run did what it was asked."""
+    if trial.status == "failed":
+        return "FAILED", trial.error
+    if trial.status == "interrupted":
+        return "KILLED", f"sweep interrupted; resume with simclr tune --resume {spec.name}"
+    return "FINISHED", ""
 
