@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-FAST = ("augment", "loss", "scaling", "jpeg_views", "gpu")
+FAST = ("augment", "loss", "scaling", "jpeg_views", "gpu", "gpu_train")
 TIMEOUT_S = 600
 
 
@@ -103,11 +104,44 @@ def test_gpu_runs_every_part_on_the_cpu_and_marks_gpu_only_parts_skipped(
     assert [a["blur"] for a in out["device_augment"]] == [True, False]
     assert all(_positive(a["images_per_s_two_views"]) for a in out["device_augment"])
     assert math.isfinite(out["ntxent_bf16_vs_fp32"]["abs_diff"])
-    assert {r["augment"] for r in out["end_to_end"]} == {"cpu", "device", "pil"}
+    assert {r["augment"] for r in out["end_to_end"]} == {"cpu", "device", "pil", "nvjpeg", "nvjpeg_roi"}
     for r in out["end_to_end"]:
         assert _positive(r["images_per_s"]) and 0.0 <= r["data_wait_frac"] <= 1.0
         assert r["ratio_to_model_only"] == pytest.approx(r["images_per_s"] / out["model_only_limit_images_per_s"])
+    assert set(out["cores_per_gpu"]) == {"cpu", "device", "pil"} and all(map(_positive, out["cores_per_gpu"].values()))
+    decode = out["device_decode"]
+    assert _positive(decode["cpu_decode_images_per_s_per_core"]) and decode["device"] == "skipped: no CUDA"
+    assert decode["cpu_decode_and_crops_images_per_s_per_core"] < decode["cpu_decode_images_per_s_per_core"]
     assert out["settings"]["photos"] in ("scikit-learn sample photos", "synthetic textures (no scikit-learn)")
+
+
+def test_roi_align_crops_are_close_to_torchvision_resized_crops() -> None:
+    """bench/gpu.py's batched crop stage (one roi_align over padded photos) against our per-image crops,
+    which equal torchvision's ``resized_crop``: the same boxes give nearly the same pixels."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCH))
+    photos, _ = gpu.make_photos(6, shorter=120)
+    images = [gpu.decode(b) for b in photos]
+    aug = gpu.SimCLRAugment(48, strength=1.0)
+    sizes = torch.tensor([img.shape[1:] for img in images])
+    params = aug.sample_params(len(images), sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(0))
+    diff = (gpu.roi_crops(images, params.boxes, 48).int() - aug.crop(images, params).int()).abs().float()
+    assert diff.mean() < 1.0 and diff.max() < 32  # an area filter against antialiased bilinear: close, not equal
+
+
+def test_gpu_train_learns_on_the_cpu_path(outputs: dict[str, dict[str, Any]]) -> None:
+    """bench/gpu_train.py without CUDA: 2 epochs of the digits recipe; the loss falls, kNN is measured."""
+    out = outputs["gpu_train"]
+    if out["settings"]["device"] != "cpu":
+        pytest.skip("a GPU is present: the smoke test checks the CPU path")
+    first, last = out["loss_first_last"]
+    assert math.isfinite(first) and last < first
+    assert [k["epoch"] for k in out["knn"]] == [0, 2] and all(0 < k["knn_top1"] <= 1 for k in out["knn"])
+    assert out["settings"]["aug_device"] == "train" and out["settings"]["steps"] == 2 * (1437 // 128)
+    assert _positive(out["steps_per_s"])
 
 
 def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]]) -> None:
