@@ -2,18 +2,79 @@
 (simclr_testing.py, photos.py) by name. The settings live in simclr_testing.py, a module name of its own
 (`from conftest import ...` would be ambiguous with tests/cluster/conftest.py).
 
-Also: the test process ends without the interpreter's finalisation, once pytest has its result.
+Also: the fast tier guards itself (a test not marked ``slow`` may not start Ray or a program that starts
+servers or trains), and the test process ends without the interpreter's finalisation, once pytest has its
+result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import ray
 
 _RESULT = pytest.StashKey[int]()
+
+# Programs that start Ray, a server or a training: a test that runs one belongs to the slow tier. A Python
+# subprocess counts too: it imports torch (seconds) to run a script, a CLI or a benchmark.
+SLOW_PROGRAMS = frozenset({"simclr", "ray", "moto_server", "mlflow", "pg_ctl", "postgres", "initdb",
+                           os.path.basename(sys.executable), "python", "python3"})
+
+
+class SlowTestError(RuntimeError):
+    """A test outside the slow tier started Ray or a heavy program."""
+
+
+def _refuse(item: pytest.Item, what: str) -> SlowTestError:
+    return SlowTestError(f"{item.nodeid} {what}: mark it @pytest.mark.slow (the fast tier, pytest -m 'not slow', "
+                         f"starts no Ray, server or subprocess training)")
+
+
+@contextlib.contextmanager
+def _fast_tier_guard(item: pytest.Item) -> Iterator[None]:
+    """While a test outside the slow tier (and its fixtures) runs: ``ray.init`` and starting one of
+    ``SLOW_PROGRAMS`` raise ``SlowTestError`` naming the test, so the fast tier stays fast by construction."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    real_init, real_popen_init = ray.init, subprocess.Popen.__init__
+
+    def init(*args: Any, **kwargs: Any) -> Any:
+        raise _refuse(item, "starts Ray")
+
+    def popen_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        program = os.path.basename(os.fsdecode(argv[0]).split()[0]) if argv else ""
+        if program in SLOW_PROGRAMS:
+            raise _refuse(item, f"starts {program!r}")
+        real_popen_init(self, args, *rest, **kwargs)
+
+    ray.init = init  # type: ignore[assignment]
+    subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ray.init = real_init
+        subprocess.Popen.__init__ = real_popen_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _fast_tier_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _fast_tier_guard(item):
+        yield
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -61,11 +61,13 @@ def _check_header(out: dict[str, Any], name: str) -> None:
     assert out["machine"]["cores"] >= 1 and out["machine"]["torch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST)
 def test_bench_prints_its_settings_and_the_machine(outputs: dict[str, dict[str, Any]], name: str) -> None:
     _check_header(outputs[name], name)
 
 
+@pytest.mark.slow
 def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str, Any]]) -> None:
     results = outputs["augment"]["results"]
     assert {r["case"]["output_size"] for r in results} == {32, 224}
@@ -76,6 +78,7 @@ def test_augment_reports_both_sides_and_their_ratio(outputs: dict[str, dict[str,
             r["ours"]["images_per_s"] / r["torchvision"]["images_per_s"])
 
 
+@pytest.mark.slow
 def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str, dict[str, Any]]) -> None:
     out = outputs["jpeg_views"]
     assert out["settings"]["photos_shorter_side"] == [375, 768] and out["settings"]["output_size"] == 224
@@ -90,6 +93,7 @@ def test_jpeg_views_reports_decoders_and_both_sides_on_photos(outputs: dict[str,
         assert r["ratio_ours_over_pil"] == pytest.approx(r["ours"]["images_per_s"] / r["pil"]["images_per_s"])
 
 
+@pytest.mark.slow
 def test_gpu_runs_every_part_on_the_cpu_and_marks_gpu_only_parts_skipped(
         outputs: dict[str, dict[str, Any]]) -> None:
     """bench/gpu.py without CUDA: the same functions at tiny sizes; compile rows skipped with a reason."""
@@ -132,6 +136,7 @@ def test_roi_align_crops_are_close_to_torchvision_resized_crops() -> None:
     assert diff.mean() < 1.0 and diff.max() < 32  # an area filter against antialiased bilinear: close, not equal
 
 
+@pytest.mark.slow
 def test_gpu_train_learns_on_the_cpu_path(outputs: dict[str, dict[str, Any]]) -> None:
     """bench/gpu_train.py without CUDA: 2 epochs of the digits recipe; the loss falls, kNN is measured."""
     out = outputs["gpu_train"]
@@ -144,6 +149,7 @@ def test_gpu_train_learns_on_the_cpu_path(outputs: dict[str, dict[str, Any]]) ->
     assert _positive(out["steps_per_s"])
 
 
+@pytest.mark.slow
 def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]]) -> None:
     out = outputs["loss"]
     assert out["memory_calibration"] == pytest.approx(1.0, abs=0.1)  # the RSS method sees a known tensor
@@ -158,6 +164,7 @@ def test_loss_reports_time_and_memory_per_side(outputs: dict[str, dict[str, Any]
         assert r["logits_bytes_ours"] * r["workers"] == r["logits_bytes_naive"]
 
 
+@pytest.mark.slow
 def test_end_to_end_reports_images_per_second_and_data_wait(end_to_end: dict[str, Any]) -> None:
     """--quick runs the plain loop only; our side is `simclr train`, run end to end in tests/orchestrator."""
     _check_header(end_to_end, "end_to_end")
@@ -167,6 +174,7 @@ def test_end_to_end_reports_images_per_second_and_data_wait(end_to_end: dict[str
     assert end_to_end["ours"] == {} and end_to_end["ratio_ours_over_baseline"] == {}
 
 
+@pytest.mark.slow
 def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict[str, Any]]) -> None:
     results = outputs["scaling"]["results"]
     assert {r["gpus"] for r in results} == {8, 32}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from local_ray import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +18,7 @@ def wait_for(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[s
                           text=True, timeout=180, stdin=subprocess.DEVNULL, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_resources_present_return_at_once_and_missing_gpus_time_out_with_one_line(ray_cluster: LocalCluster) -> None:
     ok = wait_for(ray_cluster, "--cpus", "2", "--timeout-s", "5")
     assert ok.returncode == 0, ok.stderr[-2000:]

@@ -25,6 +25,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_submit_without_a_token_is_one_line_exit_2_saying_how_to_pass_it(
         ray_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["submit", "--no-wait", "train", "--epochs", "1", "--address", ray_cluster.dashboard_url], capsys)
@@ -34,6 +35,7 @@ def test_submit_without_a_token_is_one_line_exit_2_saying_how_to_pass_it(
     assert "requires a token (401)" in lines[0] and "--token-file" in lines[0] and "RAY_AUTH_TOKEN" in lines[0]
 
 
+@pytest.mark.slow
 def test_submit_with_a_wrong_token_is_one_line_exit_2_and_never_shows_a_token(
         ray_cluster: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     wrong = tmp_path / "wrong_token"
@@ -47,6 +49,7 @@ def test_submit_with_a_wrong_token_is_one_line_exit_2_and_never_shows_a_token(
     assert "not-the-cluster-token" not in err and ray_cluster.token not in err
 
 
+@pytest.mark.slow
 def test_the_token_in_the_environment_is_used_like_ray_does(
         ray_cluster: LocalCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
@@ -56,6 +59,7 @@ def test_the_token_in_the_environment_is_used_like_ray_does(
     assert ray_cluster.token not in out + err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["logs"], ["logs", "--follow"], ["stop"]])
 def test_an_unknown_job_is_a_user_error(
         command: list[str], ray_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from local_ray import SIMCLR, TINY, LocalCluster, find_run, simclr
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +42,7 @@ def registered_epoch(run_dir: Path) -> int:
     return int(name.rsplit("_", 1)[1])
 
 
+@pytest.mark.slow
 def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_logs_each_epoch_once(
         ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

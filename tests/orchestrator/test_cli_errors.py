@@ -46,6 +46,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], expected: str, capsys
     assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow store was even opened
 
 
+@pytest.mark.slow
 def test_argparse_errors_also_exit_2_with_one_line() -> None:
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--recipe", "nope"],
                           capture_output=True, text=True, timeout=120)
@@ -53,6 +54,7 @@ def test_argparse_errors_also_exit_2_with_one_line() -> None:
     assert proc.stderr.strip().count("\n") == 0 and "invalid choice" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_temperature_exit_2_single_line_no_ray(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--set", "loss.temperature=0"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -77,6 +79,7 @@ def test_gpu_workers_without_gpus_are_refused(capsys: pytest.CaptureFixture[str]
     assert code == 2 and "needs 1 GPUs; the cluster has 0" in line
 
 
+@pytest.mark.slow
 def test_unreadable_image_under_fail_policy_names_the_file_before_training(
         capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image

@@ -121,6 +121,7 @@ def split_sizes(p: PreparedData) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- in-memory sources
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_digits_holdout_sizes_add_up_and_eval_sets_are_labelled() -> None:
     p = prepare(DataConfig(source="digits", image_size=16, holdout_fraction=0.2), seed=0)
@@ -138,6 +139,7 @@ def test_digits_holdout_sizes_add_up_and_eval_sets_are_labelled() -> None:
         assert labels.min() >= 0 and labels.max() <= 9
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_eval_sets_are_capped_at_their_configured_sizes() -> None:
     cfg = DataConfig(source="digits", image_size=8, holdout_fraction=0.2, eval_bank_size=100, eval_test_size=50)
@@ -145,6 +147,7 @@ def test_eval_sets_are_capped_at_their_configured_sizes() -> None:
     assert (n_train, n_bank, n_test) == (1797 - 359, 100, 50)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_synthetic_holds_out_labelled_images() -> None:
     cfg = DataConfig(source="synthetic", num_samples=64, num_classes=4, image_size=8, holdout_fraction=0.25)
@@ -157,6 +160,7 @@ def test_synthetic_holds_out_labelled_images() -> None:
     assert set(rows(p.train)["label"].tolist()) <= set(range(4))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_cifar10_test_split_is_the_held_out_set(tmp_path: Path) -> None:
     base = tmp_path / "cifar-10-batches-py"
@@ -180,6 +184,7 @@ def test_cifar10_test_split_is_the_held_out_set(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- file sources
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_image_folder_decodes_to_the_configured_size_with_class_labels(tmp_path: Path) -> None:
     write_image_folder(tmp_path)
@@ -198,6 +203,7 @@ class _Preparer:
         return prepare(cfg, seed=0).num_train
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_image_folder_prepares_inside_a_tune_trials_placement_group(tmp_path: Path) -> None:
     """A sweep trial that prepares its own data (a searched data.* key, --prepare-per-trial) runs in
@@ -218,6 +224,7 @@ def test_image_folder_prepares_inside_a_tune_trials_placement_group(tmp_path: Pa
         remove_placement_group(pg)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_image_files_by_uri_decode_with_unknown_labels(tmp_path: Path) -> None:
     write_image_folder(tmp_path, per_class=2)
@@ -230,6 +237,7 @@ def test_image_files_by_uri_decode_with_unknown_labels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(train["label"], [-1] * 6)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_parquet_image_and_label_columns_decode_with_their_labels(tmp_path: Path) -> None:
     path = tmp_path / "images.parquet"
@@ -244,6 +252,7 @@ def test_parquet_image_and_label_columns_decode_with_their_labels(tmp_path: Path
         assert_colour_matches_label(rows(ds), 8)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize(("image_column", "label_column"), [("image", "cls"), ("png", "label")])
 def test_parquet_wrong_column_is_a_user_error_naming_the_field(tmp_path: Path, image_column: str,
@@ -260,6 +269,7 @@ def test_parquet_wrong_column_is_a_user_error_naming_the_field(tmp_path: Path, i
 # ----------------------------------------------------------------------------- bad images
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_image_folder_bad_files_are_skipped_and_counted(tmp_path: Path) -> None:
     write_image_folder(tmp_path, per_class=2, bad=bad_files())
@@ -271,6 +281,7 @@ def test_image_folder_bad_files_are_skipped_and_counted(tmp_path: Path) -> None:
     assert_colour_matches_label(rows(p.train), 8)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_image_folder_bad_file_under_fail_raises_naming_the_first_bad_file(tmp_path: Path) -> None:
     write_image_folder(tmp_path, per_class=2, bad=bad_files())
@@ -283,6 +294,7 @@ def test_image_folder_bad_file_under_fail_raises_naming_the_first_bad_file(tmp_p
     assert "\n" not in message  # one line for the CLI, not Ray's remote traceback
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("kind", ["truncated", "zero_byte", "text"])
 def test_each_kind_of_bad_file_fails_under_fail(tmp_path: Path, kind: str) -> None:
@@ -294,6 +306,7 @@ def test_each_kind_of_bad_file_fails_under_fail(tmp_path: Path, kind: str) -> No
     assert str(info.value).startswith(f"unreadable image {tmp_path / 'c0' / next(iter(bad))}: ")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_parquet_without_label_column_skips_and_counts_bad_rows(tmp_path: Path) -> None:
     """No label column: labels are -1 and there is nothing to evaluate on; bad rows are counted.
@@ -309,6 +322,7 @@ def test_parquet_without_label_column_skips_and_counts_bad_rows(tmp_path: Path) 
     np.testing.assert_array_equal(np.bincount(colours, minlength=3), [2, 2, 1])  # rows 0..4 are classes 0,1,2,0,1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_parquet_bad_row_under_fail_raises_bad_image_error(tmp_path: Path) -> None:
     path = tmp_path / "images.parquet"

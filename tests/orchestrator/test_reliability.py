@@ -165,6 +165,7 @@ def test_partial_or_truncated_checkpoint_is_never_loaded(tmp_path: Path) -> None
         load_state_file(str(partial_keys))
 
 
+@pytest.mark.slow
 def test_worker_deaths_under_default_settings_resume_from_the_last_complete_checkpoint_and_are_recorded(
         tmp_path: Path) -> None:
     """Two faults in one run, with the default train.max_failures: the worker dies while writing the
@@ -216,6 +217,7 @@ def write_tree_with_bad_images(root: Path) -> int:
     return 3
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_logs_no_secret(
         tmp_path: Path) -> None:
     bad = write_tree_with_bad_images(tmp_path / "tree")
@@ -282,6 +284,7 @@ def mlflow_server(tmp: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_is_a_one_line_error_before_any_work(tmp_path: Path) -> None:
     start = time.time()
     proc = subprocess.run(cli(tmp_path, uri=f"http://127.0.0.1:{free_port()}"), cwd=tmp_path, env=clean_env(),
@@ -293,6 +296,7 @@ def test_unreachable_tracking_server_is_a_one_line_error_before_any_work(tmp_pat
     assert time.time() - start < 60
 
 
+@pytest.mark.slow
 def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -326,6 +330,7 @@ def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
 EPOCHS = 8
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(tmp_path: Path) -> None:
     """SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at
     the current step, the run KILLED, Ray stopped, exit 143 without a traceback. The same --name goes on
@@ -376,6 +381,7 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     assert "already finished" in line and "Started a local Ray" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_exits_143_ends_every_run_and_stops_ray(tmp_path: Path) -> None:
     """SIGTERM to ``simclr tune`` (forwarded to Tune's graceful Ctrl-C stop): exit 143 without a
     traceback, the parent run and the trials' child runs KILLED or FINISHED (none RUNNING), Ray stopped."""
@@ -410,6 +416,7 @@ def test_sigterm_to_a_sweep_exits_143_ends_every_run_and_stops_ray(tmp_path: Pat
     assert not any(alive(p) for p in ray_procs), "Ray processes left running"
 
 
+@pytest.mark.slow
 def test_sigterm_to_simclr_ui_stops_its_whole_server(tmp_path: Path) -> None:
     MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("simclr")
     port = free_port()

@@ -131,6 +131,7 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         return data
 
 
+@pytest.mark.slow
 def test_ui_serves_the_runs_and_their_artifacts(store: dict[str, Any]) -> None:
     port = _free_port()
     simclr = os.path.join(os.path.dirname(sys.executable), "simclr")

@@ -81,6 +81,7 @@ def assert_batches_mix_classes_like_uniform_ones(batches: list[dict[str, np.ndar
     assert abs(np.mean(distinct) - expected) <= 0.1 * expected, (np.mean(distinct), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_class_sorted_image_folder_batches_mix_classes_like_uniform_batches_and_epochs_differ(folder: Path) -> None:
     cfg = config(source="imagefolder", root=str(folder))
@@ -96,6 +97,7 @@ def test_class_sorted_image_folder_batches_mix_classes_like_uniform_batches_and_
     assert {frozenset(b[ROW_ID].tolist()) for b in first}.isdisjoint({frozenset(b[ROW_ID].tolist()) for b in second})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_class_ordered_parquet_batches_mix_classes_like_uniform_batches(tmp_path: Path) -> None:
     path = class_ordered_parquet(tmp_path / "photos.parquet", CLASSES, PER_CLASS)
@@ -106,6 +108,7 @@ def test_class_ordered_parquet_batches_mix_classes_like_uniform_batches(tmp_path
     assert_batches_mix_classes_like_uniform_ones(epoch_batches(cfg, data.train, 1), labels)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_same_seed_gives_the_same_first_batch_bit_for_bit_and_another_seed_does_not(small_folder: Path) -> None:
     runs = []
@@ -121,6 +124,7 @@ def test_same_seed_gives_the_same_first_batch_bit_for_bit_and_another_seed_does_
     assert not np.array_equal(same["view0"], other["view0"])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("device", ["data", "train"])
 def test_the_views_picture_shows_the_rows_and_views_the_stream_gives_first(small_folder: Path, device: str) -> None:
@@ -139,6 +143,7 @@ def test_the_views_picture_shows_the_rows_and_views_the_stream_gives_first(small
     assert views["view0"].shape == (16, 3, 16, 16) and views["view0"].dtype == torch.uint8
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(small_folder: Path) -> None:
     cfg = config(source="imagefolder", root=str(small_folder), seed=3)
@@ -156,6 +161,7 @@ def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(small_fo
             assert np.array_equal(a[column], b[column])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_decoding_every_epoch_streams_the_same_rows_and_views_as_the_cache(small_folder: Path) -> None:
     """data.cache_decoded=false reads and decodes the files in the stream's tasks: same sequence.
@@ -182,6 +188,7 @@ def banded_photo(path: Path) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("center_square", [False, True])
 def test_crops_cover_the_sides_of_a_4_3_photo_unless_center_square(tmp_path: Path, center_square: bool) -> None:
@@ -200,6 +207,7 @@ def test_crops_cover_the_sides_of_a_4_3_photo_unless_center_square(tmp_path: Pat
         assert red.mean() > 0.2  # crops reach outside the centre square
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_eval_root_gives_a_class_sorted_source_a_kNN_bank_and_queries_of_every_class(
         folder: Path, tmp_path: Path) -> None:
@@ -215,6 +223,7 @@ def test_eval_root_gives_a_class_sorted_source_a_kNN_bank_and_queries_of_every_c
     assert data.train is not None and data.num_train == CLASSES * PER_CLASS  # nothing held out of training
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_colour_stage_on_the_training_device_gives_the_data_workers_views_bit_for_bit(small_folder: Path) -> None:
     """aug.device=train: the stream carries uint8 crops and a few small parameter columns; the trainer's
@@ -237,6 +246,7 @@ def test_colour_stage_on_the_training_device_gives_the_data_workers_views_bit_fo
             assert np.array_equal(plain[column], finished[column].numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_multi_crop_views_of_two_sizes_arrive_through_the_stream_and_feed_swav(small_folder: Path) -> None:
     """Multi-crop (workloads/multicrop.py): large and small crops travel as separate columns of one row;

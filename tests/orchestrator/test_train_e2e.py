@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from photos import image_folder
@@ -35,6 +36,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     return found
 
 
+@pytest.mark.slow
 def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
     """Users' data: a class-sorted ImageFolder of JPEG photos, the kNN monitor from a separate labelled
     tree (data.eval_root, nothing held out), 2 DDP workers; then `simclr eval` of its checkpoint logs to

@@ -330,6 +330,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
            "stderr": proc.stderr, "logs": tmp / "runs" / "sw" / "logs"}
 
 
+@pytest.mark.slow
 def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_running(
         sweep: dict[str, Any]) -> None:
     out, runs = sweep["out"], sweep["runs"]
@@ -372,6 +373,7 @@ def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_r
     assert f"--set loss.temperature={best['params']['loss.temperature']}" in out["train_command"]
 
 
+@pytest.mark.slow
 def test_trial_that_raises_is_failed_with_its_error_and_the_others_finish(sweep: dict[str, Any]) -> None:
     out, runs = sweep["out"], sweep["runs"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
@@ -391,6 +393,7 @@ def test_trial_that_raises_is_failed_with_its_error_and_the_others_finish(sweep:
         ["completed", "stopped_early", "stopped_early"], ["completed", "completed", "stopped_early"])
 
 
+@pytest.mark.slow
 def test_sweep_console_has_a_header_and_a_line_per_trial_event_and_ray_output_goes_to_the_log(
         sweep: dict[str, Any]) -> None:
     out, err = sweep["out"], sweep["stderr"]
