@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from workloads.config import Config, ConfigError, set_dotted
-from workloads.recipes import recipe
+from workloads.methods import recipe
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, Any]:

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, validated on construction.
 
 This module holds the sections every method reads (data, model, optim, train, eval, tracking) and names
-no method: each method folder declares its own sections (``aug`` in workloads/views.py, ``loss`` in
+no method: each method folder declares its own sections (``aug`` in workloads/augment/views.py, ``loss`` in
 workloads/contrastive.py, one named after the method in its folder), and ``Config`` composes those of the
 registered methods (workloads/registry.py) under their names, so ``cfg.<section>.<field>`` and
 ``--set <section>.<field>=...`` read as the shared ones do.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from workloads import registry
 from workloads.fields import ConfigError, check, coerce, from_plain, set_dotted, to_plain
@@ -243,6 +243,9 @@ SHARED_SECTIONS: dict[str, type] = {
 }
 
 
+S = TypeVar("S")
+
+
 class Config:
     """The whole resolved configuration of one training run: the method's name, the shared sections, and
     a section of every registered method's (``cfg.loss``, ``cfg.<method>``: attributes, as the shared ones).
@@ -279,6 +282,14 @@ class Config:
         if name in sections:
             return sections[name]
         raise AttributeError(f"Config has no section {name!r}")
+
+    def get(self, cls: type[S]) -> S:
+        """This config's section of dataclass ``cls``, typed: ``cfg.get(SwAVConfig).temperature``."""
+        for name in self.section_names():
+            value = self.section(name)
+            if isinstance(value, cls):
+                return value
+        raise LookupError(f"no {cls.__name__} section (sections: {', '.join(self.section_names())})")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()

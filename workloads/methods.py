@@ -9,7 +9,7 @@ from typing import cast
 
 from workloads import registry
 from workloads.byol.method import BYOL
-from workloads.config import ConfigError
+from workloads.config import Config, ConfigError
 from workloads.inpaint.method import Inpaint
 from workloads.mae.method import MAE
 from workloads.method import Method
@@ -38,7 +38,20 @@ register(BYOL())
 register(VAE())
 
 
+def unregister(name: str) -> None:
+    registry.unregister(name)
+
+
 def method(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {name!r}")
     return METHODS[name]
+
+
+def recipe(name: str, method_name: str = "simclr") -> Config:
+    """A method's named recipe: ``recipe("digits", "moco")``."""
+    recipes = method(method_name).recipes
+    if name not in recipes:
+        of = f" for method {method_name!r}" if method_name != "simclr" else ""
+        raise ConfigError(f"unknown recipe {name!r}{of}; choose one of {', '.join(recipes)}")
+    return recipes[name]()

@@ -8,6 +8,9 @@ import pytest
 
 from orchestrator.config_io import parse_assignment, resolve
 from workloads.config import ConfigError
+from workloads.contrastive import LossConfig
+from workloads.masked import MAEConfig
+from workloads.moco.config import MoCoConfig
 
 
 def test_set_values_are_read_as_yaml() -> None:
@@ -29,7 +32,7 @@ def test_precedence_recipe_then_yaml_then_set_then_flags(tmp_path: Path) -> None
     path.write_text("recipe: cifar10\nloss:\n  temperature: 0.3\ntrain:\n  epochs: 7\n  batch_size: 64\n")
     cfg = resolve("", str(path), ["loss.temperature=0.25"], {"train.epochs": 3})
     assert cfg.model.arch == "resnet18"  # from the YAML's recipe
-    assert cfg.loss.temperature == 0.25  # --set beats the YAML
+    assert cfg.get(LossConfig).temperature == 0.25  # --set beats the YAML
     assert cfg.train.epochs == 3  # flags beat --set
     assert cfg.train.batch_size == 64  # the YAML beats the recipe
 
@@ -62,15 +65,17 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
 
 def test_method_picks_whose_recipe_is_the_base(tmp_path: Path) -> None:
     assert resolve("digits", method_name="moco").method == "moco"
-    assert resolve("digits", method_name="moco").moco.queue_size == 1024  # MoCo's digits recipe, not the default
+    moco = resolve("digits", method_name="moco").get(MoCoConfig)
+    assert moco.queue_size == 1024  # MoCo's digits recipe, not the default
     assert resolve("", "", ["method=mae"]).model.arch == "vit"  # --set method=... too
     path = tmp_path / "c.yaml"
     path.write_text("method: mae\nmae: {mask_ratio: 0.6}\n")
     cfg = resolve("", str(path))
-    assert cfg.method == "mae" and cfg.mae.mask_ratio == 0.6 and cfg.model.arch == "vit"
+    assert cfg.method == "mae" and cfg.get(MAEConfig).mask_ratio == 0.6 and cfg.model.arch == "vit"
     assert resolve("", str(path), method_name="inpaint").method == "inpaint"  # the flag beats the YAML
 
 
 def test_unknown_recipe_of_a_method_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown recipe 'imagenet' for method 'mae'; choose one of digits, cifar10"):
         resolve("imagenet", method_name="mae")
+

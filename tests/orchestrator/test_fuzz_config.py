@@ -14,7 +14,7 @@ from orchestrator.cli import main
 from workloads.config import Config
 
 FIELDS = [f"{section}.{f.name}" for section, value in Config().to_dict().items() if isinstance(value, dict)
-          for f in dataclasses.fields(getattr(Config(), section))]
+          for f in dataclasses.fields(Config().section(section))]
 
 yaml_scalars = st.one_of(
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -88,3 +88,4 @@ def test_dry_run_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) 
     assert main(["train", "--dry-run", "--set", "loss.temperature=0.3"]) == 0
     out = capsys.readouterr().out
     assert "temperature: 0.3" in out and "source: digits" in out
+

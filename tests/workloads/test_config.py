@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from workloads.augment.views import AugConfig
 from workloads.config import Config, ConfigError
-from workloads.recipes import RECIPES, recipe
+from workloads.contrastive import LossConfig
+from workloads.methods import recipe
+from workloads.simclr.recipes import RECIPES
 
 
 @pytest.mark.parametrize(
@@ -88,7 +91,7 @@ def test_unknown_keys_and_sections_are_rejected_with_the_known_ones() -> None:
 
 def test_integers_are_accepted_for_float_fields_and_lists_become_tuples() -> None:
     cfg = Config().replace({"loss.temperature": 1, "model.widths": [8, 16], "model.blocks": [1, 2]})
-    assert cfg.loss.temperature == 1.0 and isinstance(cfg.loss.temperature, float)
+    assert cfg.get(LossConfig).temperature == 1.0 and isinstance(cfg.get(LossConfig).temperature, float)
     assert cfg.model.widths == (8, 16) and cfg.model.blocks == (1, 2)
 
 
@@ -97,20 +100,23 @@ def test_recipes_are_valid_and_round_trip_through_dicts(name: str) -> None:
     cfg = recipe(name)
     assert Config.from_dict(cfg.to_dict()) == cfg
     flat = cfg.to_flat_dict()
-    assert flat["loss.temperature"] == cfg.loss.temperature
+    assert flat["loss.temperature"] == cfg.get(LossConfig).temperature
     assert all("." in k or k == "method" for k in flat)
 
 
 def test_recipes_follow_the_reference_values() -> None:
     cifar, imagenet = recipe("cifar10"), recipe("imagenet")
     assert (cifar.model.arch, cifar.model.cifar_stem, cifar.train.batch_size) == ("resnet18", True, 512)
-    assert (cifar.loss.temperature, cifar.aug.strength, cifar.aug.blur_p) == (0.5, 0.5, 0.0)
+    cifar_aug, imagenet_aug = cifar.get(AugConfig), imagenet.get(AugConfig)
+    assert (cifar.get(LossConfig).temperature, cifar_aug.strength, cifar_aug.blur_p) == (0.5, 0.5, 0.0)
     assert (cifar.optim.name, cifar.optim.lr) == ("lars", 1.0)
-    assert (imagenet.model.arch, imagenet.train.batch_size, imagenet.loss.temperature) == ("resnet50", 4096, 0.1)
+    imagenet_tau = imagenet.get(LossConfig).temperature
+    assert (imagenet.model.arch, imagenet.train.batch_size, imagenet_tau) == ("resnet50", 4096, 0.1)
     assert (imagenet.optim.lr, imagenet.optim.lr_scaling, imagenet.optim.weight_decay) == (0.075, "sqrt", 1e-6)
-    assert (imagenet.aug.strength, imagenet.aug.blur_p) == (1.0, 0.5)
+    assert (imagenet_aug.strength, imagenet_aug.blur_p) == (1.0, 0.5)
 
 
 def test_unknown_recipe_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="unknown recipe 'mnist'; choose one of digits, cifar10, imagenet"):
         recipe("mnist")
+
