@@ -22,13 +22,12 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
 8. ``finish_batch(batch, cfg)`` on the training device before ``loss``: what ``views`` left for the device
    (two-view methods: the colour stage, ``aug.device``); the batch as it arrived by default.
 9. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
-10. ``sections`` and ``check_config(cfg)``: the config sections the method owns (``Config`` composes them,
-    so ``cfg.get(MoCoConfig)`` and ``--set moco.queue_size=...`` work) and its rules across sections,
-    checked when a ``Config`` is built.
+10. ``sections`` and ``check_config(cfg)``: the config sections the method reads besides the shared ones (a
+    ``Config`` of this method holds them: ``cfg.get(MoCoConfig)``, ``--set moco.queue_size=...``) and its
+    rules across sections, checked when a ``Config`` is built.
 
 Adding a method is a folder (its section dataclasses, recipes and this class), importing shared modules
-only, and one line in ``workloads/methods.py``, which registers it (``workloads/registry.py`` holds what the
-config reads); docs/METHODS.md shows the layout.
+only, and one line in the table of ``workloads/methods.py``; docs/METHODS.md shows the layout.
 """
 
 from __future__ import annotations

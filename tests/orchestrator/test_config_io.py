@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config_io import parse_assignment, resolve
-from workloads.config import ConfigError
+from workloads.config import Config, ConfigError
 from workloads.contrastive import LossConfig
 from workloads.masked import MAEConfig
+from workloads.methods import DEFAULT_METHOD
 from workloads.moco.config import MoCoConfig
 
 
@@ -79,3 +80,17 @@ def test_unknown_recipe_of_a_method_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown recipe 'imagenet' for method 'mae'; choose one of digits, cifar10"):
         resolve("imagenet", method_name="mae")
 
+
+def test_a_yaml_or_set_key_of_another_methods_section_is_a_one_line_error_naming_its_method(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("moco:\n  queue_size: 4096\n")
+    for args in ({"config_path": str(path)}, {"sets": ["moco.queue_size=4096"]}):
+        with pytest.raises(ConfigError, match="key 'moco.queue_size' belongs to method 'moco', not to this config's "
+                                              "method 'simclr'") as err:
+            resolve(**args)
+        assert "\n" not in str(err.value)
+    assert resolve(config_path=str(path), method_name="moco").get(MoCoConfig).queue_size == 4096
+
+
+def test_the_default_method_is_named_once() -> None:
+    assert resolve().method == DEFAULT_METHOD == Config().method

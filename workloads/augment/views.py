@@ -13,14 +13,14 @@ runs. ``two_views`` writes those columns and ``finish_views`` reads them: the co
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from workloads.augment.transform import ColourParams, SimCLRAugment
 from workloads.config import Config
-from workloads.fields import check
+from workloads.fields import check, check_choices
 from workloads.method import Images
 from workloads.rng import RandomSource
 
@@ -40,9 +40,10 @@ class AugConfig:
     blur_kernel_frac: float = 0.1
     # where flip, colour jitter, grayscale and blur run: data (the Ray Data CPU workers), train (the
     # training device, after the batch arrives), auto (train with train.use_gpu, else data)
-    device: str = "auto"
+    device: Literal["auto", "data", "train"] = "auto"
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
         check(0.0 <= self.strength <= 4.0, s, "strength", "in [0, 4]", self.strength)
         check(0.0 < self.min_scale <= 1.0, s, "min_scale", "in (0, 1]", self.min_scale)
@@ -51,10 +52,6 @@ class AugConfig:
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, s, name, "a probability in [0, 1]", value)
         check(0.0 < self.blur_kernel_frac <= 0.5, s, "blur_kernel_frac", "in (0, 0.5]", self.blur_kernel_frac)
-        check(self.device in DEVICES, s, "device", "one of " + ", ".join(DEVICES), self.device)
-
-
-DEVICES = ("auto", "data", "train")
 
 
 SEP = "__"  # <view>__<colour field>: a column of a view whose colour stage runs on the training device
