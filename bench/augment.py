@@ -31,7 +31,7 @@ import torch
 from common import emit_json, load_now, machine, median, say, table
 from torch.utils.data import DataLoader, Dataset
 
-from workloads.simclr.augment import SimCLRAugment, reference_augment
+from workloads.augment.transform import SimCLRAugment, reference_augment
 
 
 @dataclass(frozen=True)

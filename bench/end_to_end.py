@@ -47,10 +47,12 @@ from orchestrator import tracking
 from orchestrator.data import sources
 from orchestrator.data.prepare import _resize_square, normalize
 from orchestrator.train.model import build_model
+from workloads.augment.transform import reference_augment
+from workloads.augment.views import AugConfig
 from workloads.config import Config
+from workloads.contrastive import LossConfig
+from workloads.methods import recipe
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from workloads.recipes import recipe
-from workloads.simclr.augment import reference_augment
 from workloads.simclr.loss import nt_xent
 
 
@@ -113,7 +115,7 @@ class TwoViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Two torchvision views of one uint8 (3, S, S) image per item."""
 
     def __init__(self, images: torch.Tensor, cfg: Config) -> None:
-        a = cfg.aug
+        a = cfg.get(AugConfig)
         self.images = images
         self.transform = reference_augment(cfg.data.image_size, strength=a.strength, min_scale=a.min_scale,
                                            max_scale=a.max_scale, flip_p=a.flip_p, jitter_p=a.jitter_p,
@@ -170,7 +172,7 @@ def _baseline(cfg: Config, num_workers: int) -> dict[str, Any]:
             x = normalize(torch.cat([v0, v1]))  # 2B x 3 x S x S
             set_lr(optimizer, warmup_cosine(step, total, warmup, base_lr, o.final_lr))
             z0, z1 = model(x).chunk(2)
-            loss = nt_xent(z0, z1, cfg.loss.temperature)
+            loss = nt_xent(z0, z1, cfg.get(LossConfig).temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

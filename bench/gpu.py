@@ -58,14 +58,14 @@ from torchvision.ops import roi_align
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # workloads/ without an install
 from pil_pipeline import pil_transform, pil_two_views
 
+from workloads.augment.ops import MAX_VALUE
+from workloads.augment.transform import ColourParams, SimCLRAugment
 from workloads.decode import decode_whole
 from workloads.method import normalize
 from workloads.optim import build_optimizer
 from workloads.rng import RowRandom, row_keys
-from workloads.simclr.augment import ColourParams, SimCLRAugment
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
-from workloads.simclr.ops import MAX_VALUE
 
 DECODE_SIZE = 256
 TEMPERATURE = 0.1

@@ -3,7 +3,7 @@
 What the train workers run, minus the orchestrator: the digits recipe's model (``SimCLR.build_model``),
 its loss (``SimCLR.loss``: NT-Xent), LARS with linear warm-up and cosine decay, bf16 autocast and
 channels-last on a GPU; the views made as with ``aug.device=train`` (the crop stage on the CPU with the
-stream's per-row keys, the colour stage on the device, ``views.finish_views``). scikit-learn's digits
+stream's per-row keys, the colour stage on the device, ``SimCLR.finish_batch``). scikit-learn's digits
 with the main job's stratified hold-out; the kNN monitor on the encoder's features before training and
 every few epochs. Prints one JSON object: the loss and kNN curves, steps/s and images/s, peak memory.
 
@@ -29,13 +29,13 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # workloads/ without an install
 
+from workloads.augment.views import AugConfig
 from workloads.method import Net, normalize
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.probes import knn_accuracy
 from workloads.rng import RowRandom, row_keys
 from workloads.simclr.method import SimCLR
 from workloads.simclr.recipes import digits
-from workloads.views import finish_views
 
 
 def load_digits(size: int, holdout: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -124,7 +124,7 @@ def main() -> None:
             views = method.views(train[rows], cfg, RowRandom(row_keys(args.seed, epoch, rows)))
             views = {key: v.to(device, non_blocking=True) for key, v in views.items()}
             data_s += time.perf_counter() - t
-            batch_views = finish_views(views, cfg)
+            batch_views = method.finish_batch(views, cfg)
             set_lr(opt, warmup_cosine(step, total, warmup, lr))
             loss = method.loss(net, batch_views, cfg)
             opt.zero_grad(set_to_none=True)
@@ -143,7 +143,7 @@ def main() -> None:
     out = {
         "benchmark": "gpu_train",
         "settings": {"quick": not cuda, "device": str(device), "recipe": "digits", "epochs": epochs, "batch": batch,
-                     "steps": step, "bf16": bf16, "aug_device": cfg.aug.device, "knn_k": k,
+                     "steps": step, "bf16": bf16, "aug_device": cfg.get(AugConfig).device, "knn_k": k,
                      "train_images": len(train), "test_images": len(test)},
         "machine": {"cores": os.cpu_count(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if cuda else None},

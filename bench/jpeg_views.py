@@ -58,9 +58,9 @@ from pil_pipeline import pil_transform, pil_two_views
 
 from orchestrator.data.sources import decode_or_none
 from orchestrator.data.stream import image_tensor
+from workloads.augment.transform import SimCLRAugment, reference_augment
 from workloads.decode import decode_image, decode_whole
 from workloads.rng import RowRandom, row_keys
-from workloads.simclr.augment import SimCLRAugment, reference_augment
 
 OUTPUT_SIZE = 224
 DECODE_SIZE = 256  # the imagenet recipe's data.stored_size
@@ -70,7 +70,7 @@ QUALITY = 90
 
 
 def recipe(blur: bool) -> dict[str, Any]:
-    """The imagenet recipe's augmentation (workloads/recipes.py), blur on or off."""
+    """The imagenet recipe's augmentation (workloads/simclr/recipes.py), blur on or off."""
     return {"output_size": OUTPUT_SIZE, "strength": 1.0, "blur_p": 0.5 if blur else 0.0}
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image, ImageFilter
 
-from workloads.simclr.augment import SimCLRAugment
+from workloads.augment.transform import SimCLRAugment
 
 
 class PILBlur:

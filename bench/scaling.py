@@ -35,7 +35,7 @@ from common import emit_json, machine, say, table
 from torch import nn
 
 from orchestrator.train.model import build_model
-from workloads.recipes import recipe
+from workloads.methods import recipe
 
 FLOAT = 4  # bytes: float32 embeddings and gradients
 MODELS = {"resnet18": "cifar10", "resnet50": "imagenet"}  # arch -> the recipe its settings come from

@@ -44,8 +44,7 @@ from photos import image_folder
 from orchestrator.data import prepare
 from orchestrator.data.stream import EpochClock, RowStore, train_stream
 from workloads.config import Config
-from workloads.methods import method
-from workloads.recipes import recipe
+from workloads.methods import method, recipe
 
 RAY_SHUFFLE = "Ray Data random_shuffle, whole image"
 DECODE_EACH_EPOCH = "shuffle, whole image, decoded each epoch"

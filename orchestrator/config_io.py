@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from workloads.config import Config, ConfigError, set_dotted
-from workloads.recipes import recipe
+from workloads.methods import DEFAULT_METHOD, recipe
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, Any]:
@@ -58,7 +58,7 @@ def resolve(recipe_name: str = "", config_path: str = "", sets: Sequence[str] = 
             file_data: dict[str, Any] | None = None) -> Config:
     """Method's recipe (default ``digits``, or the YAML's ``recipe:``) <- YAML <- ``--set`` <- flags.
 
-    The method (``--method``, else a ``--set method=...``, else the YAML's ``method:``, else simclr)
+    The method (``--method``, else a ``--set method=...``, else the YAML's ``method:``, else the default)
     picks whose recipe is the base: ``--method moco --recipe digits`` is MoCo's digits recipe.
     ``file_data`` is an already-loaded YAML (``simclr tune`` takes its ``search:`` section out first).
     """
@@ -67,7 +67,7 @@ def resolve(recipe_name: str = "", config_path: str = "", sets: Sequence[str] = 
     file_data.pop("recipe", None)
     assignments = [parse_assignment(text) for text in sets]
     set_method = [value for key, value in assignments if key == "method"]
-    chosen = method_name or (str(set_method[-1]) if set_method else str(file_data.get("method", "") or "simclr"))
+    chosen = method_name or (str(set_method[-1]) if set_method else str(file_data.get("method", "") or DEFAULT_METHOD))
     data = recipe(name, chosen).to_dict()
     _merge(data, file_data)
     for key, value in assignments:

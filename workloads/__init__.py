@@ -1,4 +1,1 @@
-"""Self-supervised methods in pure PyTorch; importing the package registers the built-in methods."""
-
-from workloads import methods as _methods  # noqa: F401 - fills workloads.registry before any Config is built
-
+"""Self-supervised methods in pure PyTorch, one folder each, on shared parts; workloads/methods.py lists them."""

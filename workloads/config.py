@@ -1,29 +1,31 @@
 """Typed configuration: one dataclass per concern, validated on construction.
 
 This module holds the sections every method reads (data, model, optim, train, eval, tracking) and names
-no method: each method folder declares its own sections (``aug`` in workloads/views.py, ``loss`` in
-workloads/contrastive.py, one named after the method in its folder), and ``Config`` composes those of the
-registered methods (workloads/registry.py) under their names, so ``cfg.<section>.<field>`` and
-``--set <section>.<field>=...`` read as the shared ones do.
+no method. A method declares the sections it reads besides these (``Method.sections``: ``aug`` from
+workloads/augment/views.py, ``loss`` from workloads/contrastive.py, one named after the method in its
+folder), and a ``Config`` holds the shared sections plus its method's, nothing of other methods': what
+``--dry-run``, the run's ``config.yaml`` and its MLflow params show. Code reads a method's section typed,
+``cfg.get(SwAVConfig).temperature``; a YAML or ``--set`` names it as a shared one, ``swav.temperature``.
 
 Dicts exist only at the boundaries (YAML, ``--set``, Ray's ``train_loop_config``, MLflow params);
-``Config.from_dict`` turns a dict back into the typed tree and rejects unknown keys and bad values
-with an error that names the dotted field and the allowed range (torchtitan-style).
+``Config.from_dict`` turns a dict back into the typed tree and rejects unknown keys, keys of another
+method's section and bad values with an error that names the dotted field and the allowed range
+(torchtitan-style).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from workloads import registry
-from workloads.fields import ConfigError, check, coerce, from_plain, set_dotted, to_plain
+from workloads.fields import ConfigError, check, check_choices, coerce, from_plain, set_dotted, to_plain
 
-DATA_SOURCES = (
-    "digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist",
-    "imagefolder", "parquet", "images",
-)
+if TYPE_CHECKING:
+    from workloads.method import Method
+
+Source = Literal["digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder",
+                 "parquet", "images"]
 
 
 @dataclass
@@ -31,7 +33,7 @@ class DataConfig:
     """Where images come from and how Ray Data prepares them."""
 
     section: ClassVar[str] = "data"
-    source: str = "digits"
+    source: Source = "digits"
     root: str = ""  # local root of a torchvision-format dataset or an ImageFolder tree
     uri: str = ""  # parquet / image files: a path or s3://, gs:// URI (file, folder or glob)
     download: bool = False  # torchvision-format datasets: fetch into root when missing
@@ -45,7 +47,7 @@ class DataConfig:
     num_samples: int = 2048  # synthetic: number of images
     num_classes: int = 10  # synthetic: number of classes
     holdout_fraction: float = 0.2  # labelled images held out of pretraining for kNN / linear probe
-    bad_images: str = "skip"  # skip (and count) or fail on an unreadable image
+    bad_images: Literal["skip", "fail"] = "skip"  # skip (and count) or fail on an unreadable image
     cache_decoded: bool = True  # keep decoded images in the object store, decode once
     augment_batch_size: int = 256  # images per Ray Data augmentation task
     augment_workers: int = 0  # concurrent augmentation tasks (0: Ray Data decides)
@@ -55,14 +57,13 @@ class DataConfig:
     eval_root: str = ""  # file sources: a labelled ImageFolder tree (ImageNet's val/) for the kNN queries
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
-        check(self.source in DATA_SOURCES, s, "source", f"one of {', '.join(DATA_SOURCES)}", self.source)
         check(self.image_size >= 4, s, "image_size", ">= 4", self.image_size)
         check(self.decode_size == 0 or self.decode_size >= 4, s, "decode_size", "0 or >= 4", self.decode_size)
         check(self.num_samples >= 2, s, "num_samples", ">= 2", self.num_samples)
         check(self.num_classes >= 1, s, "num_classes", ">= 1", self.num_classes)
         check(0.0 <= self.holdout_fraction < 1.0, s, "holdout_fraction", "in [0, 1)", self.holdout_fraction)
-        check(self.bad_images in ("skip", "fail"), s, "bad_images", "'skip' or 'fail'", self.bad_images)
         check(self.augment_batch_size >= 1, s, "augment_batch_size", ">= 1", self.augment_batch_size)
         check(self.augment_workers >= 0, s, "augment_workers", ">= 0", self.augment_workers)
         check(self.prefetch_batches >= 0, s, "prefetch_batches", ">= 0", self.prefetch_batches)
@@ -87,22 +88,22 @@ class ModelConfig:
     """Encoder and projection head."""
 
     section: ClassVar[str] = "model"
-    arch: str = "small_resnet"  # resnet18 | resnet34 | resnet50 | small_resnet | vit (methods that build a ViT)
+    # vit: for methods that build a ViT (mae)
+    arch: Literal["resnet18", "resnet34", "resnet50", "small_resnet", "vit"] = "small_resnet"
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool: for images <= 64 px
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet stage widths
     blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet blocks per stage
     proj_hidden_dim: int = 0  # 0: the encoder's feature dimension
     proj_dim: int = 128
-    proj_layers: int = 2
+    proj_layers: Literal[2, 3] = 2
     patch_size: int = 2  # vit: side of a square patch in pixels (the image side must be a multiple)
     vit_dim: int = 128  # vit: token width
     vit_depth: int = 4  # vit: transformer blocks
     vit_heads: int = 4  # vit: attention heads (vit_dim must be a multiple)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
-        archs = ("resnet18", "resnet34", "resnet50", "small_resnet", "vit")
-        check(self.arch in archs, s, "arch", f"one of {', '.join(archs)}", self.arch)
         check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), s, "widths",
                "a non-empty list of positive ints", self.widths)
         check(len(self.blocks) == len(self.widths) and all(b >= 1 for b in self.blocks), s, "blocks",
@@ -110,7 +111,6 @@ class ModelConfig:
         check(self.proj_hidden_dim >= 0, s, "proj_hidden_dim", ">= 0 (0: the feature dimension)",
                self.proj_hidden_dim)
         check(self.proj_dim >= 1, s, "proj_dim", ">= 1", self.proj_dim)
-        check(self.proj_layers in (2, 3), s, "proj_layers", "2 or 3", self.proj_layers)
         check(self.patch_size >= 1, s, "patch_size", ">= 1", self.patch_size)
         check(self.vit_depth >= 1, s, "vit_depth", ">= 1", self.vit_depth)
         check(self.vit_heads >= 1, s, "vit_heads", ">= 1", self.vit_heads)
@@ -124,9 +124,9 @@ class OptimConfig:
     """Optimiser and learning-rate schedule (linear warmup, then cosine)."""
 
     section: ClassVar[str] = "optim"
-    name: str = "lars"  # lars | sgd | adamw
+    name: Literal["lars", "sgd", "adamw"] = "lars"
     lr: float = 0.3  # base learning rate, scaled by lr_scaling with the global batch
-    lr_scaling: str = "linear"  # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # linear (lr*B/256) | sqrt (lr*sqrt(B)) | none
     weight_decay: float = 1e-6
     momentum: float = 0.9
     eta: float = 0.001  # LARS trust coefficient
@@ -136,11 +136,9 @@ class OptimConfig:
     betas: tuple[float, ...] = (0.9, 0.999)  # adamw's (beta1, beta2); MAE uses (0.9, 0.95)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
-        check(self.name in ("lars", "sgd", "adamw"), s, "name", "one of lars, sgd, adamw", self.name)
         check(self.lr > 0.0, s, "lr", "> 0", self.lr)
-        check(self.lr_scaling in ("linear", "sqrt", "none"), s, "lr_scaling", "one of linear, sqrt, none",
-               self.lr_scaling)
         check(self.weight_decay >= 0.0, s, "weight_decay", ">= 0", self.weight_decay)
         check(0.0 <= self.momentum < 1.0, s, "momentum", "in [0, 1)", self.momentum)
         check(self.eta > 0.0, s, "eta", "> 0", self.eta)
@@ -161,9 +159,9 @@ class TrainConfig:
     workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0: derived from the cluster, leaving CPUs for Ray Data
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR uses global BN on TPUs)
-    channels_last: str = "auto"  # auto (on with a GPU) | on | off: NHWC memory format for convolutions
+    channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory format for convolutions (auto: with a GPU)
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
     keep_checkpoints: int = 2
@@ -177,15 +175,12 @@ class TrainConfig:
     name: str = ""  # run name; re-running with the same name resumes it ("" -> generated)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
         check(self.epochs >= 1, s, "epochs", ">= 1", self.epochs)
         check(self.batch_size >= 2, s, "batch_size", ">= 2", self.batch_size)
         check(self.workers >= 1, s, "workers", ">= 1", self.workers)
         check(self.cpus_per_worker >= 0.0, s, "cpus_per_worker", ">= 0 (0 = derived)", self.cpus_per_worker)
-        check(self.precision in ("auto", "fp32", "bf16"), s, "precision", "one of auto, fp32, bf16",
-               self.precision)
-        check(self.channels_last in ("auto", "on", "off"), s, "channels_last", "one of auto, on, off",
-               self.channels_last)
         check(self.checkpoint_every >= 1, s, "checkpoint_every", ">= 1", self.checkpoint_every)
         check(self.keep_checkpoints >= 1, s, "keep_checkpoints", ">= 1", self.keep_checkpoints)
         check(self.max_failures >= -1, s, "max_failures", ">= -1 (-1 = unlimited)", self.max_failures)
@@ -236,49 +231,57 @@ class TrackingConfig:
         check(bool(self.experiment), self.section, "experiment", "a non-empty name", self.experiment)
 
 
-# the sections every method reads; a method's own sections come from the registry (workloads/registry.py)
+# the sections every method reads; a method's own come from its Method.sections (workloads/methods.py lists them)
 SHARED_SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig,
     "tracking": TrackingConfig,
 }
 
+S = TypeVar("S")
+
 
 class Config:
-    """The whole resolved configuration of one training run: the method's name, the shared sections, and
-    a section of every registered method's (``cfg.loss``, ``cfg.<method>``: attributes, as the shared ones).
+    """The whole resolved configuration of one training run: its method's name, the shared sections, and the
+    sections that method reads (``Method.sections``), no other method's.
 
-    A registered method's sections are present whichever method runs (a YAML may carry them), but only
-    the running method's reach MLflow. On construction each section checks its own fields, then the
+    Shared sections are attributes (``cfg.train.epochs``); the method's own are read typed with ``get``
+    (``cfg.get(MoCoConfig).queue_size``). On construction each section checks its own fields, then the
     method checks the rules across sections (``Method.check_config``).
     """
 
     def __init__(self, method: str = "", data: DataConfig | None = None, model: ModelConfig | None = None,
                  optim: OptimConfig | None = None, train: TrainConfig | None = None,
-                 eval: EvalConfig | None = None, tracking: TrackingConfig | None = None, **sections: Any) -> None:
-        self.method = method or registry.default_method()  # "": the first registered (methods.py)
+                 eval: EvalConfig | None = None, tracking: TrackingConfig | None = None, **sections: object) -> None:
+        table = _methods()
+        self.method = method or _default_method()
+        check(self.method in table, "config", "method", f"one of {', '.join(table)}", self.method)
+        running = table[self.method]
         self.data = data if data is not None else DataConfig()
         self.model = model if model is not None else ModelConfig()
         self.optim = optim if optim is not None else OptimConfig()
         self.train = train if train is not None else TrainConfig()
         self.eval = eval if eval is not None else EvalConfig()
         self.tracking = tracking if tracking is not None else TrackingConfig()
-        types = method_sections()
-        unknown = sorted(set(sections) - set(types), key=str)
-        if unknown:
-            known = ", ".join([*SHARED_SECTIONS, *types])
-            raise ConfigError(f"unknown section {unknown[0]!r}; known sections: {known}")
-        self.sections: dict[str, Any] = {name: sections[name] if name in sections else cls()
-                                         for name, cls in types.items()}
-        check(self.method in registry.METHODS, "config", "method", f"one of {', '.join(registry.METHODS)}",
-              self.method)
-        registry.METHODS[self.method].check_config(self)
+        foreign = sorted(set(sections) - set(running.sections))
+        if foreign:
+            raise ConfigError(_not_this_methods(foreign[0], self.method, list(running.sections)))
+        self.sections: dict[str, object] = {}
+        for name, cls in running.sections.items():
+            value = sections.get(name)
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"section {name!r} of method {self.method!r} is a {cls.__name__}; "
+                                f"got {type(value).__name__}")
+            self.sections[name] = value if value is not None else cls()
+        running.check_config(self)
 
-    def __getattr__(self, name: str) -> Any:
-        """A registered method's section: ``cfg.loss``, ``cfg.<method>``."""
-        sections = self.__dict__.get("sections", {})  # not yet set while unpickling
-        if name in sections:
-            return sections[name]
-        raise AttributeError(f"Config has no section {name!r}")
+    def get(self, cls: type[S]) -> S:
+        """This config's section of dataclass ``cls``, typed: ``cfg.get(SwAVConfig).temperature``."""
+        for name in self.section_names():
+            value = self.section(name)
+            if isinstance(value, cls):
+                return value
+        raise LookupError(f"method {self.method!r} reads no {cls.__name__} section (its sections: "
+                          f"{', '.join(self.section_names())}); list it in the method's Method.sections")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
@@ -292,49 +295,98 @@ class Config:
     def section_names(self) -> list[str]:
         return [*SHARED_SECTIONS, *self.sections]
 
-    def section(self, name: str) -> Any:
+    def section(self, name: str) -> object:
+        """A section by its name (``"data"``, ``"loss"``), for code that walks every section."""
         return getattr(self, name) if name in SHARED_SECTIONS else self.sections[name]
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **{name: to_plain(self.section(name)) for name in self.section_names()}}
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys.
-
-        Sections of other methods are left out (a run has no params of another method's own section)."""
-        running = registry.METHODS.get(self.method)
-        own = set(running.sections) if running is not None else set()
+        """``{"loss.temperature": 0.5, ...}``: MLflow params and Tune search keys."""
         flat: dict[str, Any] = {"method": self.method}
         for name, value in self.to_dict().items():
-            if name in SHARED_SECTIONS or name in own:
+            if name != "method":
                 flat.update({f"{name}.{k}": v for k, v in value.items()})
         return flat
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
+        """The config of a plain dict (a YAML's, ``--set``'s, Ray's): the shared sections and those of its
+        ``method`` (default: the default method); a key of another method's section is an error naming it."""
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a mapping of fields; got {type(data).__name__} {data!r}")
-        types = {**SHARED_SECTIONS, **method_sections()}
-        unknown = sorted(set(data) - {"method", *types}, key=str)
-        if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r}; known keys of config: {', '.join(['method', *types])}")
-        kwargs = {name: coerce(str, value, name) if name == "method" else from_plain(types[name], value, name)
-                  for name, value in data.items()}
-        return cls(**kwargs)
+        method = _method_of(data)
+        own = _methods()[method].sections
+        types = {**SHARED_SECTIONS, **own}
+        for key in sorted(set(data) - {"method", *types}, key=str):
+            if any(key in m.sections for m in _methods().values()):
+                raise ConfigError(_not_this_methods(_first_key(key, data[key]), method, list(own)))
+            raise ConfigError(f"unknown key {key!r}; known keys of config: {', '.join(['method', *types])}")
+        sections = {name: from_plain(types[name], value, name) for name, value in data.items() if name != "method"}
+        return cls(method, **sections)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Config:
+        """``from_dict`` of a config this program saved (a checkpoint's, a sweep's), which may hold sections
+        of methods other than its own that its method never read: those are dropped, not an error."""
+        if not isinstance(data, dict):
+            return cls.from_dict(data)
+        method = _method_of(data)
+        others = {name for m in _methods().values() for name in m.sections} - set(_methods()[method].sections)
+        return cls.from_dict({k: v for k, v in data.items() if k not in others})
 
     def replace(self, overrides: dict[str, Any]) -> Config:
-        """A new config with dotted overrides applied (``{"loss.temperature": 0.2}``), re-validated."""
+        """A new config with dotted overrides applied (``{"loss.temperature": 0.2}``), re-validated.
+
+        An override of ``method`` keeps the sections both methods read and starts the new method's others
+        from their defaults; this method's sections that the new one does not read are dropped, unless an
+        override names them (then it is an error, as in ``from_dict``)."""
         data = self.to_dict()
         for dotted, value in overrides.items():
             set_dotted(data, dotted, value)
+        new = _methods().get(data["method"]) if isinstance(data["method"], str) else None
+        if new is not None and new.name != self.method:
+            named = {dotted.split(".")[0] for dotted in overrides}
+            for name in set(self.sections) - set(new.sections) - named:
+                del data[name]
         return Config.from_dict(data)
 
 
-def method_sections() -> dict[str, type]:
-    """The registered methods' sections, name -> dataclass; none may shadow a shared one."""
-    types = registry.section_types()
-    for name in types:
-        if name in SHARED_SECTIONS or name in ("method", "sections"):
-            raise ConfigError(f"a method's config section may not be named {name!r} (a shared section or "
-                              f"attribute of Config)")
-    return types
+def _methods() -> dict[str, Method]:
+    """The methods table, name -> workload. Imported when a Config is built, not with this module: the table
+    (workloads/methods.py) imports every method folder, and each of those imports this module."""
+    from workloads import methods
+
+    return methods.METHODS
+
+
+def _default_method() -> str:
+    from workloads import methods
+
+    return methods.DEFAULT_METHOD
+
+
+def _method_of(data: dict[str, Any]) -> str:
+    """A config dict's method (its ``method`` key, else the default), checked against the table."""
+    method: str = coerce(str, data.get("method", ""), "method") or _default_method()
+    table = _methods()
+    check(method in table, "config", "method", f"one of {', '.join(table)}", method)
+    return method
+
+
+def _first_key(section: str, value: Any) -> str:
+    """``moco.queue_size`` for a section given as ``{queue_size: ...}``; the section's name otherwise."""
+    return f"{section}.{next(iter(value))}" if isinstance(value, dict) and value else section
+
+
+def _not_this_methods(key: str, method: str, own: list[str]) -> str:
+    """The error for a key of a section that ``method`` does not read, naming the methods that do."""
+    section = key.split(".")[0]
+    owners = [name for name, m in _methods().items() if section in m.sections]
+    if not owners:
+        return f"unknown section {section!r}; method {method!r} reads {', '.join([*SHARED_SECTIONS, *own])}"
+    who, which = ((f"method {owners[0]!r}", "that method") if len(owners) == 1 else
+                  ("methods " + ", ".join(repr(o) for o in owners), "one of them"))
+    return (f"key {key!r} belongs to {who}, not to this config's method {method!r}: remove it, or train "
+            f"{which} (--method {owners[0]}, or method: {owners[0]} in the YAML)")

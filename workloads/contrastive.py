@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.config import check
+from workloads.fields import check
 
 AUTO_CHUNK_ROWS = 1024
 

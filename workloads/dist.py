@@ -65,6 +65,22 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, in rank order, without gradient.
+
+    For keys, embeddings and images, which carry no gradient (``gather_with_grad`` is the one with a
+    backward). Every rank must pass the same shape. One process: ``x`` itself.
+    """
+    world = world_size()
+    if world == 1:
+        return x
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x)  # W x (N, ...)
+    return torch.cat(parts)  # (W*N, ...)
+
+
 def autocast_disabled(device_type: str) -> AbstractContextManager[object]:
     """Turn autocast off for this device type (a no-op where the device has no autocast): losses
     compute in float32 whatever the forward ran in."""

@@ -1,7 +1,9 @@
-"""Backbones for SimCLR: torchvision ResNets (optionally with the CIFAR stem) and a small ResNet for tests.
+"""Backbones for every ResNet method: torchvision ResNets (optionally with the CIFAR stem) and a small ResNet
+for tests and the digits recipes.
 
 Every encoder maps images (N, 3, H, W) to features (N, F); the classifier (`fc`) is removed because
 SimCLR evaluates the backbone's pooled features (Chen et al. 2020, §2.1 and appendix B.9).
+``feature_map`` is an encoder's forward without the pooling, for decoders that need the map.
 """
 
 from collections.abc import Callable
@@ -116,3 +118,14 @@ def build_encoder(
     if arch in _TORCHVISION_RESNETS:
         return _torchvision_resnet(arch, cifar_stem)
     raise ValueError(f"Unknown arch {arch!r}; choose one of {', '.join(ARCHS)}.")
+
+
+def feature_map(encoder: nn.Module, x: Tensor) -> Tensor:
+    """A ResNet encoder's last feature map (N, F, h, w): its forward without the global pooling."""
+    if isinstance(encoder, SmallResNet):
+        return encoder.stages(encoder.stem(x))  # N x F x h x w
+    if isinstance(encoder, resnet.ResNet):
+        x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
+        return encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(x))))  # N x F x h x w
+    raise NotImplementedError(f"a feature map needs a ResNet encoder (small_resnet or resnet*); got "
+                              f"{type(encoder).__name__}")

@@ -1,12 +1,15 @@
-"""The field machinery under ``Config``: its error, the check every section runs, and the conversion between
-plain dicts (YAML, ``--set``, Ray, MLflow) and the typed dataclasses, with errors that name the dotted field."""
+"""The field machinery under ``Config``: its error, the checks every section runs, and the conversion between
+plain dicts (YAML, ``--set``, Ray, MLflow) and the typed dataclasses, with errors that name the dotted field.
+
+A choice field is typed ``Literal[...]``: its choices are the type's arguments (``typing.get_args``), checked
+by ``check_choices`` in the section's ``__post_init__``, so they are written once, where the field is."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -16,6 +19,28 @@ class ConfigError(ValueError):
 def check(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{section}.{name} must be {rule}; got {value!r}")
+
+
+def choices(tp: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` type allows; () for any other type."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
+
+
+def describe_choices(allowed: tuple[Any, ...]) -> str:
+    """``'skip' or 'fail'``, ``2 or 3``; ``one of lars, sgd, adamw`` for more than two."""
+    if len(allowed) == 2:
+        return " or ".join(repr(v) for v in allowed)
+    return "one of " + ", ".join(str(v) for v in allowed)
+
+
+def check_choices(section: Any) -> None:
+    """Every ``Literal`` field of a section dataclass holds one of its choices (``section.section`` names it)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        allowed = choices(hints[f.name])
+        value = getattr(section, f.name)
+        if allowed and not any(value == v and type(value) is type(v) for v in allowed):
+            check(False, section.section, f.name, describe_choices(allowed), value)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -64,6 +89,9 @@ def coerce(tp: Any, value: Any, dotted: str) -> Any:
     """Check and convert one value to its field's type; errors name the dotted field."""
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_plain(tp, value, dotted)
+    allowed = choices(tp)
+    if allowed:  # converted to the choices' type here; which choice is checked by the section (check_choices)
+        return coerce(type(allowed[0]), value, dotted)
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)

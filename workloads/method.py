@@ -19,13 +19,15 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
    epoch); ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
    freezing its prototypes' gradients in its first epochs).
 7. ``after_step(model, step, total_steps, cfg)`` after each optimiser step (MoCo's momentum update).
-8. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
-9. ``sections`` and ``check_config(cfg)``: the config sections the method owns (``Config`` composes them,
-   so ``cfg.moco`` and ``--set moco.queue_size=...`` work) and its rules across sections, checked when a
-   ``Config`` is built.
+8. ``finish_batch(batch, cfg)`` on the training device before ``loss``: what ``views`` left for the device
+   (two-view methods: the colour stage, ``aug.device``); the batch as it arrived by default.
+9. ``recipes`` and ``search``: named configs and the default ``simclr tune`` search space.
+10. ``sections`` and ``check_config(cfg)``: the config sections the method reads besides the shared ones (a
+    ``Config`` of this method holds them: ``cfg.get(MoCoConfig)``, ``--set moco.queue_size=...``) and its
+    rules across sections, checked when a ``Config`` is built.
 
-Adding a method is a folder (its section dataclasses, recipes and this class) and one line in
-``workloads/methods.py``, which registers it (``workloads/registry.py`` holds what the config reads).
+Adding a method is a folder (its section dataclasses, recipes and this class), importing shared modules
+only, and one line in the table of ``workloads/methods.py``; docs/METHODS.md shows the layout.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ class Method:
 
     def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:
         """Called on every worker after each optimiser step; ``step`` counts from 1."""
+
+    def finish_batch(self, batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+        """The batch as ``loss`` reads it, from the columns ``views`` streamed, once they are on the training
+        device (and for the run's views picture). Default: unchanged."""
+        return batch
 
     def pictures(self, model: nn.Module, images: Tensor, cfg: Config, folder: str) -> list[str]:
         """PNG files worth looking at after training (MAE: input / masked / reconstruction); rank 0."""

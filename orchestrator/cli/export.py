@@ -36,7 +36,7 @@ def torchvision_state_dict(payload: dict[str, Any]) -> tuple[str, dict[str, Any]
 
     from workloads.config import Config
 
-    cfg = Config.from_dict(payload["config"])
+    cfg = Config.from_saved(payload["config"])
     arch = cfg.model.arch
     if arch not in TORCHVISION_ARCHS:
         raise UserError(f"model.arch={arch}: only the torchvision ResNets ({', '.join(TORCHVISION_ARCHS)}) export "

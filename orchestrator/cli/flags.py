@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workloads.methods import METHODS
+from workloads.methods import DEFAULT_METHOD, METHODS
 
 EXIT_USER_ERROR = 2
 
@@ -18,7 +18,8 @@ class Parser(argparse.ArgumentParser):
 def config_flags(p: argparse.ArgumentParser) -> None:
     recipes = {name: None for m in METHODS.values() for name in m.recipes}  # ordered union
     p.add_argument("--method", default="", choices=[*METHODS, ""], metavar="NAME",
-                   help=f"self-supervised method: {', '.join(METHODS)} (default: simclr, or the YAML's method:)")
+                   help=f"self-supervised method: {', '.join(METHODS)} "
+                        f"(default: {DEFAULT_METHOD}, or the YAML's method:)")
     p.add_argument("--recipe", default="", choices=[*recipes, ""], metavar="NAME",
                    help=f"the method's named recipe to start from: {', '.join(recipes)} "
                         f"(default: digits, or the YAML's recipe:)")

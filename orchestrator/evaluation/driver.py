@@ -26,7 +26,7 @@ def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None
         raise UserError(f"checkpoint: no {STATE_FILE} in {path!r}; pass a checkpoint folder of a simclr run "
                         f"(e.g. simclr_runs/NAME/checkpoint_epoch_00025)")
     payload = load_state_file(path)
-    cfg = Config.from_dict(payload["config"]).replace(dict(parse_assignment(s) for s in sets))
+    cfg = Config.from_saved(payload["config"]).replace(dict(parse_assignment(s) for s in sets))
     uri = tracking.resolve_uri(tracking_uri or cfg.tracking.uri)
     client = tracking.client_for(uri)
     tracking.experiment_id(client, cfg.tracking.experiment, uri)  # fails fast when the store is unreachable

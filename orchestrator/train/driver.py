@@ -47,7 +47,7 @@ from orchestrator.train.progress import NonFiniteLossError, check_fatal
 from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
 from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config
-from workloads.views import finish_views
+from workloads.methods import method
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -322,8 +322,8 @@ def _log_inputs(cfg: Config, data: PreparedData, steps: int, client: Any, run_id
         with open(config_path, "w") as f:
             yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
         client.log_artifact(run_id, config_path)
-        sample = finish_views({k: torch.as_tensor(v) for k, v in first_views(data.train, cfg, 16).items()
-                               if k != ROW_ID}, cfg)  # the views as the trainer sees them
+        sample = method(cfg.method).finish_batch(  # the views as the trainer sees them
+            {k: torch.as_tensor(v) for k, v in first_views(data.train, cfg, 16).items() if k != ROW_ID}, cfg)
         grid = os.path.join(tmp, "augmented_views.png")
         plots.views_grid(sample["view0"], sample.get("view1"), grid)
         client.log_artifact(run_id, grid, "plots")

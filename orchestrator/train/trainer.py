@@ -38,7 +38,6 @@ from orchestrator.train.progress import (
 from workloads.method import Net, normalize
 from workloads.methods import method
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from workloads.views import finish_views
 
 
 class Trainer:
@@ -164,7 +163,7 @@ class Trainer:
         self.lr = warmup_cosine(self.state.global_step, self.total_steps, self.warmup_steps, self.base_lr,
                                 cfg.optim.final_lr)
         set_lr(self.optimizer, self.lr)
-        batch = finish_views(batch, cfg)  # aug.device=train: the views' colour stage, here on the device
+        batch = self.method.finish_batch(batch, cfg)  # what the views left for the device (aug.device=train)
         loss = self.method.loss(self.net, batch, cfg)
         if faults.fires("nan_loss", epoch, step):
             loss = loss * float("nan")

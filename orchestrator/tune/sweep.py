@@ -229,7 +229,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
         sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
-        cluster_plan(Config.from_dict(spec.base).train, int(spec.resources["max_concurrent"]))
+        cluster_plan(Config.from_saved(spec.base).train, int(spec.resources["max_concurrent"]))
         tracking.reopen_run(client, spec.parent_run_id)
         console.current().say("resuming " + progress.header(spec))
 

@@ -43,7 +43,7 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     values = {k: plain(v) for k, v in config.items()}
-    cfg = Config.from_dict(spec["base"]).replace(
+    cfg = Config.from_saved(spec["base"]).replace(
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
     if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
         quiet_ray_data()
@@ -74,7 +74,7 @@ def shared_data(spec: SweepSpec, client: Any, quiet: bool = False) -> PreparedDa
         return None
     if quiet:
         quiet_ray_data()
-    base = Config.from_dict(spec.base)
+    base = Config.from_saved(spec.base)
     start = time.perf_counter()
     data = prepare(base.data, base.train.seed, ray.cluster_resources().get("object_store_memory"))
     client.log_metric(spec.parent_run_id, "prepare_seconds", time.perf_counter() - start)

@@ -7,14 +7,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
-from workloads.config import Config
+from workloads.config import SHARED_SECTIONS, Config
+from workloads.methods import METHODS
 
 FIELDS = [f"{section}.{f.name}" for section, value in Config().to_dict().items() if isinstance(value, dict)
-          for f in dataclasses.fields(getattr(Config(), section))]
+          for f in dataclasses.fields(Config().section(section))]
 
 yaml_scalars = st.one_of(
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -88,3 +90,12 @@ def test_dry_run_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) 
     assert main(["train", "--dry-run", "--set", "loss.temperature=0.3"]) == 0
     out = capsys.readouterr().out
     assert "temperature: 0.3" in out and "source: digits" in out
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_dry_run_shows_the_shared_sections_and_the_methods_own_only(method: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dry-run", "--method", method]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert list(shown) == ["method", *SHARED_SECTIONS, *METHODS[method].sections]
+    assert shown["method"] == method

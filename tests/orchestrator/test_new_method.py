@@ -1,4 +1,4 @@
-"""Adding a method is one folder plus one registry line: a tiny method defined here, with its own config
+"""Adding a method is one folder plus one line in the methods table: a tiny method defined here, with its own config
 section and cross-field rule, registered, resolved from the command line's sources and trained for a
 step through the real Trainer (on CPU without Ray, as tests/orchestrator/test_trainer.py)."""
 
@@ -19,10 +19,9 @@ from torch.nn import functional as F
 from orchestrator.config_io import resolve
 from orchestrator.train.job import TrainJob
 from orchestrator.train.trainer import Trainer
-from workloads import registry
 from workloads.config import Config, ConfigError, check
 from workloads.method import Images, Method, Net
-from workloads.methods import METHODS, register
+from workloads.methods import METHODS, register, unregister
 from workloads.rng import RandomSource
 
 
@@ -67,34 +66,35 @@ class MeanColour(Method):
 
     def check_config(self, cfg: Config) -> None:
         super().check_config(cfg)
-        if cfg.data.image_size % cfg.colour.pool:
-            raise ConfigError(f"colour.pool must divide data.image_size ({cfg.data.image_size}); "
-                              f"got {cfg.colour.pool}")
+        pool = cfg.get(MeanColourConfig).pool
+        if cfg.data.image_size % pool:
+            raise ConfigError(f"colour.pool must divide data.image_size ({cfg.data.image_size}); got {pool}")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         assert isinstance(images, Tensor)
         return {"view0": images}
 
     def build_model(self, cfg: Config) -> nn.Module:
-        return MeanColourModel(cfg.data.image_size, cfg.colour.pool)
+        return MeanColourModel(cfg.data.image_size, cfg.get(MeanColourConfig).pool)
 
     def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
         x = net.image(batch["view0"])  # B x 3 x S x S
-        return cfg.colour.weight * F.mse_loss(net.forward(x), x.mean(dim=(2, 3)))
+        return cfg.get(MeanColourConfig).weight * F.mse_loss(net.forward(x), x.mean(dim=(2, 3)))
 
 
 @pytest.fixture
 def registered() -> Iterator[Method]:
-    m = register(MeanColour())  # the one registry line a new method adds to workloads/methods.py
+    m = register(MeanColour())  # the one line a new method adds to the table in workloads/methods.py
     try:
         yield m
     finally:
-        registry.unregister(m.name)
+        unregister(m.name)
 
 
 def test_a_registered_method_owns_its_section_keys_and_params(registered: Method) -> None:
     cfg = resolve("digits", method_name="mean_colour", sets=["colour.pool=4"])
-    assert (cfg.method, cfg.colour.weight, cfg.colour.pool) == ("mean_colour", 2.0, 4)  # its recipe, then --set
+    colour = cfg.get(MeanColourConfig)
+    assert (cfg.method, colour.weight, colour.pool) == ("mean_colour", 2.0, 4)  # its recipe, then --set
     flat = cfg.to_flat_dict()
     assert flat["colour.pool"] == 4 and not any(k.startswith(("loss.", "moco.", "mae.", "aug.")) for k in flat)
     assert not any(k.startswith("colour.") for k in Config().to_flat_dict())  # a SimCLR run logs none of it
@@ -123,3 +123,34 @@ def test_unregistering_leaves_the_built_in_methods() -> None:
     assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
     with pytest.raises(ConfigError, match="config.method must be one of simclr, moco, mae, inpaint, swav, byol, vae"):
         Config(method="mean_colour")
+
+
+class BlackedOut(MeanColour):
+    """A method whose batch is finished on the device: its views blacked out there, so its loss sees zeros."""
+
+    name = "blacked_out"
+    recipes = {}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []  # the pixel sum of each batch the loss got
+
+    def finish_batch(self, batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+        return {**batch, "view0": torch.zeros_like(batch["view0"])}
+
+    def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
+        self.seen.append(int(batch["view0"].sum()))
+        return super().loss(net, batch, cfg)
+
+
+def test_the_trainer_hands_the_loss_the_batch_its_method_finished(tmp_path: Path) -> None:
+    m = register(BlackedOut())
+    try:
+        cfg = Config(method=m.name).replace({**TINY, "train.storage_path": str(tmp_path), "train.name": "run"})
+        job = TrainJob(config=cfg, run_id="r", tracking_uri="", steps_per_epoch=STEPS)
+        trainer = Trainer(job, local_env(FakeShard(m.view_columns, STEPS, 8, 4), Reports(tmp_path / "run")))
+        trainer.setup()
+        batch = next(iter(trainer.env.dataset("train").iter_torch_batches()))
+        trainer.train_step(batch, epoch=1, step=1)
+        assert int(batch["view0"].sum()) > 0 and m.seen == [0]
+    finally:
+        unregister(m.name)

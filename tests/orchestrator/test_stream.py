@@ -23,8 +23,8 @@ from PIL import Image
 from orchestrator.data import sources
 from orchestrator.data.prepare import prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, first_views, train_stream
+from workloads.augment.views import finish_views
 from workloads.config import Config
-from workloads.views import finish_views
 
 CLASSES, PER_CLASS, BATCH = 10, 100, 64
 
@@ -249,7 +249,7 @@ def test_colour_stage_on_the_training_device_gives_the_data_workers_views_bit_fo
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_multi_crop_views_of_two_sizes_arrive_through_the_stream_and_feed_swav(small_folder: Path) -> None:
-    """Multi-crop (workloads/multicrop.py): large and small crops travel as separate columns of one row;
+    """Multi-crop (workloads/augment/multicrop.py): large and small crops travel as separate columns of one row;
     ``iter_torch_batches`` delivers each at its own size, and SwAV's loss normalises and consumes them."""
     from contextlib import nullcontext
 

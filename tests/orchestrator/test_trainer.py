@@ -23,8 +23,8 @@ from orchestrator.train.env import WorkerEnv
 from orchestrator.train.job import TrainJob
 from orchestrator.train.progress import NonFiniteLossError
 from orchestrator.train.trainer import Trainer
+from workloads.augment.views import two_views
 from workloads.config import Config
-from workloads.views import two_views
 
 TINY = {
     "data.source": "synthetic", "data.image_size": 8, "model.widths": [8], "model.blocks": [1],

@@ -22,7 +22,9 @@ from orchestrator.cli.tune import resolve_with_search
 from orchestrator.errors import UserError
 from orchestrator.tune.spec import SweepSpec
 from orchestrator.tune.trial import shares_data
+from workloads.augment.views import AugConfig
 from workloads.config import Config, ConfigError, TrainConfig
+from workloads.contrastive import LossConfig
 
 # --- search space -------------------------------------------------------------------------------------
 
@@ -97,7 +99,7 @@ def test_search_section_of_the_config_file_is_read_and_kept_out_of_config(tmp_pa
     path.write_text("recipe: digits\nloss: {temperature: 0.3}\n"
                     "search:\n  loss.temperature: loguniform(0.05, 1.0)\n  aug: {min_scale: 'choice(0.08, 0.2)'}\n")
     cfg, texts = resolve_with_search("", str(path), ["aug.strength=0.7"], {"train.epochs": 3})
-    assert (cfg.loss.temperature, cfg.aug.strength, cfg.train.epochs) == (0.3, 0.7, 3)
+    assert (cfg.get(LossConfig).temperature, cfg.get(AugConfig).strength, cfg.train.epochs) == (0.3, 0.7, 3)
     dims = tune.parse_search(texts)
     assert {k: d.kind for k, d in dims.items()} == {"loss.temperature": "loguniform", "aug.min_scale": "choice"}
 

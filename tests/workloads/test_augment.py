@@ -1,4 +1,4 @@
-"""Tests for workloads.simclr.augment: batched SimCLR views with per-image random parameters.
+"""Tests for workloads.augment.transform: batched SimCLR views with per-image random parameters.
 
 The statistics tests compare SimCLRAugment with the per-image torchvision v2 recipe
 (`reference_augment`) over a few thousand small images (issue 7), and check that the same
@@ -18,10 +18,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from workloads.config import Config, ConfigError
-from workloads.rng import RowRandom, row_keys
-from workloads.simclr.augment import ColourParams, SimCLRAugment, reference_augment
-from workloads.simclr.ops import (
+from workloads.augment.ops import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
@@ -36,7 +33,10 @@ from workloads.simclr.ops import (
     gaussian_blur,
     sample_crop_boxes,
 )
-from workloads.views import colour_on_device, finish_views, two_views
+from workloads.augment.transform import ColourParams, SimCLRAugment, reference_augment
+from workloads.augment.views import colour_on_device, finish_views, two_views
+from workloads.config import Config, ConfigError
+from workloads.rng import RowRandom, row_keys
 
 # Recipe with every op but the crop switched off: the identity at the input size.
 IDENTITY: dict[str, Any] = dict(strength=0.0, min_scale=1.0, max_scale=1.0, ratio=(1.0, 1.0), flip_p=0.0,

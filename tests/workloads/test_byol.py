@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from workloads.byol.config import BYOLConfig
 from workloads.byol.loss import byol_loss, normalized_mse
 from workloads.byol.method import BYOL, target_momentum
 from workloads.byol.model import BYOLModel
@@ -216,7 +217,7 @@ def test_recipes_and_default_search_space_validate(name: str) -> None:
     from orchestrator.tune.space import parse_search
 
     cfg = BYOL.recipes[name]()
-    assert cfg.method == "byol" and cfg.byol.momentum_schedule == "cosine"
+    assert cfg.method == "byol" and cfg.get(BYOLConfig).momentum_schedule == "cosine"
     for key, dim in parse_search(BYOL.search).items():
         for value in dim.probes():
             assert cfg.replace({key: value}).to_flat_dict()[key] == value
@@ -226,7 +227,7 @@ def test_cifar10_recipe_is_solo_learns() -> None:
     cfg = cifar10()
     assert (cfg.model.arch, cfg.model.cifar_stem, cfg.model.proj_hidden_dim, cfg.model.proj_dim) == (
         "resnet18", True, 4096, 256)
-    assert (cfg.byol.momentum, cfg.byol.pred_hidden_dim) == (0.99, 4096)
+    assert (cfg.get(BYOLConfig).momentum, cfg.get(BYOLConfig).pred_hidden_dim) == (0.99, 4096)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.eta, cfg.optim.weight_decay) == ("lars", 1.0, 0.02, 1e-5)
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.optim.warmup_epochs) == (256, 1000, 10)
 

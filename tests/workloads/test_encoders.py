@@ -8,7 +8,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from workloads.encoders import ARCHS, SmallResNet, build_encoder
-from workloads.simclr.model import ProjectionHead, SimCLRModel, build_simclr_model
+from workloads.heads import ProjectionHead
+from workloads.simclr.model import SimCLRModel, build_simclr_model
 
 EXPECTED_FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "small_resnet": 128}
 

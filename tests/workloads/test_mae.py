@@ -15,8 +15,11 @@ from PIL import Image
 from workloads.config import Config
 from workloads.inpaint.method import Inpaint
 from workloads.inpaint.model import build_inpaint_model
-from workloads.mae.loss import masked_mse
-from workloads.mae.masks import (
+from workloads.mae.method import MAE
+from workloads.mae.model import MAEModel, build_mae_model
+from workloads.mae.vit import ViT
+from workloads.masked import masked_mse
+from workloads.masks import (
     block_mask,
     mask_pixels,
     num_masked,
@@ -25,9 +28,6 @@ from workloads.mae.masks import (
     unpatchify,
     visible_index,
 )
-from workloads.mae.method import MAE
-from workloads.mae.model import MAEModel, build_mae_model
-from workloads.mae.vit import ViT
 from workloads.method import Method, Net, normalize
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from workloads.config import Config, ConfigError
-from workloads.method import Net, denormalize, normalize
-from workloads.methods import METHODS, method
+from workloads.contrastive import LossConfig
+from workloads.method import Method, Net, denormalize, normalize
+from workloads.methods import METHODS, method, recipe
 from workloads.optim import build_optimizer
-from workloads.recipes import recipe
 from workloads.simclr.loss import nt_xent
 
 METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
@@ -118,12 +118,37 @@ def test_simclr_method_loss_is_the_loss_the_loop_computed_before_the_interface()
     model = m.build_model(cfg)
     views = m.views(torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8), cfg, torch.Generator().manual_seed(0))
     z0, z1 = model(normalize(torch.cat([views["view0"], views["view1"]]))).chunk(2)
-    expected = nt_xent(z0, z1, cfg.loss.temperature, gather=cfg.loss.gather)
+    expected = nt_xent(z0, z1, cfg.get(LossConfig).temperature, gather=cfg.get(LossConfig).gather)
     assert torch.equal(m.loss(_net(model), views, cfg), expected)
 
 
 def test_chunk_rows_auto_chunks_only_large_worker_batches() -> None:
-    loss = recipe("digits").loss
+    loss = recipe("digits").get(LossConfig)
     assert loss.rows_per_chunk(256) == 0 and loss.rows_per_chunk(4096) == 1024
     assert loss.__class__(chunk_rows=0).rows_per_chunk(4096) == 0
     assert loss.__class__(chunk_rows=64).rows_per_chunk(8) == 64
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_finish_batch_gives_the_views_whatever_device_ran_their_colour_stage(name: str) -> None:
+    """aug.device=train leaves two-view methods' colour stage to ``finish_batch`` on the device: finished, the
+    batch is the one aug.device=data streams; other methods' batches pass through as they are."""
+    m = method(name)
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    streamed = {}
+    for device in ("data", "train"):
+        cfg = _tiny(name).replace({"aug.device": device, "aug.blur_p": 0.5, "aug.flip_p": 0.5})
+        streamed[device] = m.views(images, cfg, torch.Generator().manual_seed(2))
+    deferred = any("__" in key for key in streamed["train"])
+    assert deferred == (name in ("simclr", "moco", "byol"))
+    finished = m.finish_batch(streamed["train"], cfg)
+    assert finished.keys() == streamed["data"].keys()
+    assert all(torch.equal(finished[k], streamed["data"][k]) for k in finished)
+    unchanged = m.finish_batch(streamed["data"], cfg)  # nothing deferred
+    assert unchanged.keys() == streamed["data"].keys()
+    assert all(torch.equal(unchanged[k], streamed["data"][k]) for k in unchanged)
+
+
+def test_the_default_finish_batch_returns_the_batch_unchanged() -> None:
+    batch = {"view0": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "view0__flip": torch.ones(2, dtype=torch.bool)}
+    assert Method().finish_batch(batch, Config()) is batch

@@ -20,13 +20,19 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads import dist
+from workloads.augment.views import AugConfig
 from workloads.config import Config
+from workloads.contrastive import LossConfig
+from workloads.dist import all_gather
+from workloads.heads import mlp_head
 from workloads.method import Net, normalize
 from workloads.methods import METHODS
+from workloads.moco.config import MoCoConfig
 from workloads.moco.loss import info_nce
-from workloads.moco.method import MoCo, momentum_at
-from workloads.moco.model import MoCoModel, all_gather, batch_shuffle, batch_unshuffle, mlp_head
+from workloads.moco.method import MoCo
+from workloads.moco.model import MoCoModel, batch_shuffle, batch_unshuffle
 from workloads.moco.recipes import cifar10, digits
+from workloads.momentum import momentum_at
 from workloads.optim import build_optimizer
 
 ATOL = RTOL = 1e-5
@@ -177,7 +183,7 @@ def test_key_encoder_starts_as_a_frozen_copy_of_the_query_encoder() -> None:
 
 def test_key_encoder_is_momentum_average_of_query_encoder_after_each_step() -> None:
     cfg = _cfg()
-    m = cfg.moco.momentum
+    m = cfg.get(MoCoConfig).momentum
     model = _build(cfg)
     optimizer = build_optimizer("sgd", MoCo().trainable(model), lr=0.5, weight_decay=1e-4)
     for step in (1, 2, 3):
@@ -328,7 +334,7 @@ def test_recipes_and_default_search_space_validate(name: str) -> None:
     from orchestrator.tune.space import parse_search  # the sweep's own parser of --search texts
 
     cfg = MoCo.recipes[name]()
-    assert cfg.method == "moco" and cfg.loss.temperature == 0.2 and cfg.moco.momentum == 0.99
+    assert cfg.method == "moco" and cfg.get(LossConfig).temperature == 0.2 and cfg.get(MoCoConfig).momentum == 0.99
     for key, dim in parse_search(MoCo.search).items():
         for value in dim.probes():
             assert cfg.replace({key: value}).to_flat_dict()[key] == value
@@ -340,7 +346,7 @@ def test_cifar10_recipe_is_the_reference_demo() -> None:
     assert (cfg.train.batch_size, cfg.train.epochs) == (512, 800)
     assert (cfg.optim.name, cfg.optim.lr_scaling, cfg.optim.weight_decay) == ("sgd", "linear", 5e-4)
     assert cfg.optim.lr * cfg.train.batch_size / 256 == pytest.approx(0.06)  # the demo's lr at batch 512
-    assert (cfg.moco.queue_size, cfg.aug.blur_p) == (4096, 0.0)
+    assert (cfg.get(MoCoConfig).queue_size, cfg.get(AugConfig).blur_p) == (4096, 0.0)
 
 
 def test_digits_recipe_trains_a_step_on_16_images() -> None:

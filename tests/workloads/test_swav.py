@@ -20,9 +20,11 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from workloads.augment.multicrop import MultiCropConfig
 from workloads.config import Config, ConfigError
 from workloads.method import Net, normalize
-from workloads.recipes import recipe
+from workloads.methods import recipe
+from workloads.swav.config import SwAVConfig
 from workloads.swav.loss import sinkhorn_knopp, swapped_prediction
 from workloads.swav.method import SwAV, codes
 from workloads.swav.model import SwAVModel
@@ -173,7 +175,7 @@ def test_config_rules_name_the_field_and_the_fix() -> None:
         _cfg(**{"multicrop.large_crops": 1})
     with pytest.raises(ConfigError, match="swav.epsilon must be > 0"):
         _cfg(**{"swav.epsilon": 0.0})
-    assert recipe("cifar10", "swav").swav.queue_length % recipe("cifar10", "swav").train.batch_size == 0
+    assert recipe("cifar10", "swav").get(SwAVConfig).queue_length % recipe("cifar10", "swav").train.batch_size == 0
 
 
 def test_prototypes_are_unit_rows_after_construction_and_after_every_step() -> None:
@@ -214,14 +216,14 @@ def test_queue_fills_after_its_start_epoch_and_is_used_once_full() -> None:
     model.epoch = 2
     for i in range(2):
         plain = codes(model, z[i].flatten(0, 1), scores[i], cfg)  # filling, not used yet
-        torch.testing.assert_close(plain[0], sinkhorn_knopp(scores[i][0], cfg.swav.epsilon, 3))
+        torch.testing.assert_close(plain[0], sinkhorn_knopp(scores[i][0], cfg.get(SwAVConfig).epsilon, 3))
     assert model.queue_full()
     torch.testing.assert_close(model.queue[:, :8], z[1])  # newest first, as the reference
     torch.testing.assert_close(model.queue[:, 8:], z[0])
     used = codes(model, z[2].flatten(0, 1), scores[2], cfg)
     for c in range(2):
         with_queue = torch.cat([torch.cat([z[1][c], z[0][c]]) @ model.prototypes.weight.T, scores[2][c]])
-        torch.testing.assert_close(used[c], sinkhorn_knopp(with_queue, cfg.swav.epsilon, 3)[-8:])
+        torch.testing.assert_close(used[c], sinkhorn_knopp(with_queue, cfg.get(SwAVConfig).epsilon, 3)[-8:])
     torch.testing.assert_close(model.queue[:, :8], z[2])
 
 
@@ -250,8 +252,8 @@ def test_registered_and_recipes_validate() -> None:
     assert isinstance(method("swav"), SwAV) and SwAV.ddp_kwargs == {"forward_sync_buffers": False}
     for name in ("digits", "cifar10"):
         cfg = recipe(name, "swav")
-        assert Config.from_dict(cfg.to_dict()) == cfg and cfg.swav.temperature == 0.1
-        assert cfg.multicrop.large_crops == 2 and cfg.multicrop.small_size < cfg.data.image_size
+        assert Config.from_dict(cfg.to_dict()) == cfg and cfg.get(SwAVConfig).temperature == 0.1
+        assert cfg.get(MultiCropConfig).large_crops == 2 and cfg.get(MultiCropConfig).small_size < cfg.data.image_size
 
 
 # --- two processes -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from workloads.config import Config, ConfigError
 from workloads.method import Net, normalize
 from workloads.methods import METHODS
 from workloads.optim import build_optimizer
+from workloads.vae.config import VAEConfig
 from workloads.vae.loss import gaussian_kl, log_likelihood, negative_elbo
 from workloads.vae.method import VAE, worker_noise
 from workloads.vae.model import VAEModel
@@ -220,7 +221,7 @@ def test_recipes_and_default_search_space_validate(recipe: Any) -> None:
     from orchestrator.tune.space import parse_search
 
     cfg = recipe()
-    assert cfg.method == "vae" and cfg.vae.beta == 1.0 and cfg.vae.likelihood == "bernoulli"
+    assert cfg.method == "vae" and cfg.get(VAEConfig).beta == 1.0 and cfg.get(VAEConfig).likelihood == "bernoulli"
     for key, dim in parse_search(VAE.search).items():
         for value in dim.probes():
             assert cfg.replace({key: value}).to_flat_dict()[key] == value

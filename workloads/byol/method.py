@@ -11,16 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.views import AugConfig, finish_views, two_views
 from workloads.byol.config import BYOLConfig
 from workloads.byol.loss import byol_loss
-from workloads.byol.model import BYOLModel, byol_mlp
+from workloads.byol.model import BYOLModel
 from workloads.byol.recipes import RECIPES
 from workloads.config import Config
 from workloads.encoders import build_encoder
+from workloads.heads import byol_mlp
 from workloads.method import Images, Method, Net
-from workloads.moco.method import momentum_at
+from workloads.momentum import momentum_at
 from workloads.rng import RandomSource
-from workloads.views import AugConfig, two_views
 
 
 def _byol(model: nn.Module) -> BYOLModel:
@@ -33,7 +34,8 @@ def target_momentum(step: int, total_steps: int, cfg: Config) -> float:
     """τ for the update after optimiser step ``step`` (counting from 1): BYOL §3.2's
     τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2 with k = step − 1 the steps taken before this one, so the first
     update uses τ_base, as solo-learn (its ``MomentumUpdater`` moves τ after each update)."""
-    return momentum_at(step - 1, total_steps, cfg.byol.momentum, cfg.byol.momentum_schedule)
+    byol = cfg.get(BYOLConfig)
+    return momentum_at(step - 1, total_steps, byol.momentum, byol.momentum_schedule)
 
 
 class BYOL(Method):
@@ -45,12 +47,15 @@ class BYOL(Method):
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)
 
+    def finish_batch(self, batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+        return finish_views(batch, cfg)  # aug.device=train: the views' colour stage, here on the device
+
     def build_model(self, cfg: Config) -> nn.Module:
         m = cfg.model
         encoder, num_features = build_encoder(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks)
         hidden = m.proj_hidden_dim or num_features
         projector = byol_mlp(num_features, hidden, m.proj_dim, num_layers=m.proj_layers)
-        predictor = byol_mlp(m.proj_dim, cfg.byol.pred_hidden_dim or hidden, m.proj_dim)
+        predictor = byol_mlp(m.proj_dim, cfg.get(BYOLConfig).pred_hidden_dim or hidden, m.proj_dim)
         return BYOLModel(encoder, projector, predictor)
 
     def trainable(self, model: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Context-encoder inpainting (Pathak et al. 2016, arXiv:1604.07379) as a workload: one lightly augmented view
 and a block mask stream to the workers; a ResNet sees the image with the block zeroed, a conv decoder fills
-it in, and the loss scores the block's pixels only. Masks, loss, the ``mae`` section and the pictures are
-MAE's (masked image modelling), imported from workloads/mae/.
+it in, and the loss scores the block's pixels only. Masks, loss and the ``mae`` section are masked image
+modelling's, shared with MAE (workloads/masks.py, workloads/masked.py); the pictures are workloads/pictures.py.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.views import AugConfig, one_view
 from workloads.config import Config
 from workloads.inpaint.model import build_inpaint_model
 from workloads.inpaint.recipes import RECIPES
-from workloads.mae.config import MAEConfig, patch_grid
-from workloads.mae.loss import masked_mse
-from workloads.mae.masks import block_mask, mask_pixels, patchify, unpatchify
-from workloads.mae.pictures import evaluating, greyed, model_device, pictured, reconstruction_grid
+from workloads.masked import MAEConfig, at_target_statistics, masked_mse, patch_grid
+from workloads.masks import block_mask, mask_pixels, patchify, unpatchify
 from workloads.method import Images, Method, Net, denormalize, normalize
+from workloads.pictures import evaluating, greyed, model_device, pictured, reconstruction_grid
 from workloads.rng import RandomSource
-from workloads.views import AugConfig, one_view
 
 
 class Inpaint(Method):
@@ -40,7 +39,7 @@ class Inpaint(Method):
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8
-        mask = block_mask(view.shape[0], patch_grid(cfg), cfg.mae.mask_ratio, generator)  # B x L bool
+        mask = block_mask(view.shape[0], patch_grid(cfg), cfg.get(MAEConfig).mask_ratio, generator)  # B x L bool
         return {"view0": view, "mask": mask}
 
     def build_model(self, cfg: Config) -> nn.Module:
@@ -54,11 +53,12 @@ class Inpaint(Method):
         mask = batch["mask"]  # B x L bool
         hole = mask_pixels(mask, p)  # B x 1 x S x S bool
         recon = net.forward(x.masked_fill(hole, 0.0))  # B x 3 x S x S; 0 is the normalised mean
-        return masked_mse(patchify(recon, p), patchify(x, p), mask, cfg.mae.norm_pix_loss)
+        return masked_mse(patchify(recon, p), patchify(x, p), mask, cfg.get(MAEConfig).norm_pix_loss)
 
     def pictures(self, model: nn.Module, images: Tensor, cfg: Config, folder: str) -> list[str]:
         """Input, input with the block hidden, and the input with the block filled in by the model."""
-        p, ratio = cfg.model.patch_size, cfg.mae.mask_ratio
+        mae = cfg.get(MAEConfig)
+        p, ratio = cfg.model.patch_size, mae.mask_ratio
         images = pictured(images, cfg.data.image_size)  # n x 3 x S x S uint8
         mask = block_mask(len(images), patch_grid(cfg), ratio, torch.Generator().manual_seed(cfg.train.seed))
         hole = mask_pixels(mask, p)  # n x 1 x S x S
@@ -66,10 +66,8 @@ class Inpaint(Method):
         with evaluating(model):
             x = normalize(images.to(device))  # n x 3 x S x S
             recon = model(x.masked_fill(hole.to(device), 0.0)).float()  # n x 3 x S x S
-        if cfg.mae.norm_pix_loss:  # as MAE's pictures: the predicted patches at their true statistics
-            pred, target = patchify(recon, p), patchify(x, p)
-            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
-            recon = unpatchify(pred, p)
+        if mae.norm_pix_loss:  # as MAE's pictures: the predicted patches at their true statistics
+            recon = unpatchify(at_target_statistics(patchify(recon, p), patchify(x, p)), p)
         output = denormalize(torch.where(hole.to(device), recon, x)).cpu()  # n x 3 x S x S uint8
         path = os.path.join(folder, "inpaint_reconstructions.png")
         reconstruction_grid([images, greyed(images, hole), output], ["input", "masked", "output"], path,

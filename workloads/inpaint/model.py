@@ -8,34 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models.resnet import ResNet
 
-from workloads.encoders import SmallResNet, build_encoder
-
-
-def feature_map(encoder: nn.Module, x: Tensor) -> Tensor:
-    """A ResNet encoder's last feature map (N, F, h, w): its forward without the global pooling."""
-    if isinstance(encoder, SmallResNet):
-        return encoder.stages(encoder.stem(x))  # N x F x h x w
-    if isinstance(encoder, ResNet):
-        x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
-        return encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(x))))  # N x F x h x w
-    raise NotImplementedError(f"inpainting needs a ResNet encoder (small_resnet or resnet*); got "
-                              f"{type(encoder).__name__}")
-
-
-def upsampling_decoder(in_channels: int, in_size: int, out_size: int, min_channels: int = 32) -> nn.Sequential:
-    """Stride-2 transposed convolutions (+ BN, ReLU) halving the width until the map is >= out_size, then a
-    3x3 convolution to RGB: the context encoder's up-convolutional decoder (Pathak et al. 2016, §3.1)."""
-    layers: list[nn.Module] = []
-    channels, size = in_channels, in_size
-    while size < out_size:
-        out = max(channels // 2, min_channels)
-        layers += [nn.ConvTranspose2d(channels, out, kernel_size=4, stride=2, padding=1, bias=False),
-                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-        channels, size = out, size * 2
-    layers.append(nn.Conv2d(channels, 3, kernel_size=3, padding=1))
-    return nn.Sequential(*layers)
+from workloads.decoders import upsampling_decoder
+from workloads.encoders import build_encoder, feature_map
 
 
 class InpaintModel(nn.Module):
@@ -43,7 +18,7 @@ class InpaintModel(nn.Module):
 
     Pathak et al.'s channel-wise fully-connected bottleneck is left out: at <= 8x8 feature maps the
     ResNet's receptive field already spans the image, so every output pixel can see all the context.
-    The adversarial term is left out too (their L2-only variant); the loss lives in `workloads.mae.loss`.
+    The adversarial term is left out too (their L2-only variant); the loss is `workloads.masked.masked_mse`.
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, image_size: int) -> None:

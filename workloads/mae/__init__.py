@@ -1,1 +1,1 @@
-"""Masked image modelling: MAE (He et al. 2021) on a ViT and context-encoder inpainting (Pathak et al. 2016)."""
+"""MAE (He et al. 2021): a ViT encodes the visible patches, a light decoder predicts the masked ones."""

@@ -11,16 +11,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.views import AugConfig, one_view
 from workloads.config import Config, ConfigError
-from workloads.mae.config import MAEConfig, patch_grid
-from workloads.mae.loss import masked_mse
-from workloads.mae.masks import mask_pixels, patchify, random_patch_mask, unpatchify
 from workloads.mae.model import build_mae_model
-from workloads.mae.pictures import evaluating, greyed, model_device, pictured, reconstruction_grid
 from workloads.mae.recipes import RECIPES
+from workloads.masked import MAEConfig, at_target_statistics, masked_mse, patch_grid
+from workloads.masks import mask_pixels, patchify, random_patch_mask, unpatchify
 from workloads.method import Images, Method, Net, denormalize, normalize
+from workloads.pictures import evaluating, greyed, model_device, pictured, reconstruction_grid
 from workloads.rng import RandomSource
-from workloads.views import AugConfig, one_view
 
 
 class MAE(Method):
@@ -42,11 +41,11 @@ class MAE(Method):
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         view = one_view(images, cfg, generator)  # B x 3 x S x S uint8
         g = patch_grid(cfg)
-        mask = random_patch_mask(len(view), g * g, cfg.mae.mask_ratio, generator)  # B x L bool
+        mask = random_patch_mask(len(view), g * g, cfg.get(MAEConfig).mask_ratio, generator)  # B x L bool
         return {"view0": view, "mask": mask}
 
     def build_model(self, cfg: Config) -> nn.Module:
-        m, a = cfg.model, cfg.mae
+        m, a = cfg.model, cfg.get(MAEConfig)
         return build_mae_model(cfg.data.image_size, m.patch_size, m.vit_dim, m.vit_depth, m.vit_heads,
                                a.decoder_dim, a.decoder_depth, a.decoder_heads)
 
@@ -54,11 +53,12 @@ class MAE(Method):
         x = net.image(batch["view0"])  # B x 3 x S x S
         mask = batch["mask"]  # B x L bool
         pred = net.forward(x, mask)  # B x L x p²3
-        return masked_mse(pred, patchify(x, cfg.model.patch_size), mask, cfg.mae.norm_pix_loss)
+        return masked_mse(pred, patchify(x, cfg.model.patch_size), mask, cfg.get(MAEConfig).norm_pix_loss)
 
     def pictures(self, model: nn.Module, images: Tensor, cfg: Config, folder: str) -> list[str]:
         """Input, masked input, and output with the visible patches pasted from the input (MAE, Figure 2)."""
-        p, ratio = cfg.model.patch_size, cfg.mae.mask_ratio
+        mae = cfg.get(MAEConfig)
+        p, ratio = cfg.model.patch_size, mae.mask_ratio
         images = pictured(images, cfg.data.image_size)  # n x 3 x S x S uint8
         g = patch_grid(cfg)
         mask = random_patch_mask(len(images), g * g, ratio, torch.Generator().manual_seed(cfg.train.seed))  # n x L
@@ -68,8 +68,8 @@ class MAE(Method):
             pred = model(x, mask.to(device)).float()  # n x L x p²3
         target = patchify(x, p)  # n x L x p²3
         note = ""
-        if cfg.mae.norm_pix_loss:  # predictions are per-patch normalised: show them at the true patch statistics
-            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
+        if mae.norm_pix_loss:  # predictions are per-patch normalised: show them at the true patch statistics
+            pred = at_target_statistics(pred, target)
             note = "; norm_pix_loss: masked patches drawn with their true mean and variance"
         pasted = torch.where(mask.to(device).unsqueeze(-1), pred, target)  # n x L x p²3
         output = denormalize(unpatchify(pasted, p)).cpu()  # n x 3 x S x S uint8

@@ -1,13 +1,14 @@
-"""MAE's named recipes: SimCLR's digits and CIFAR-10 recipes with MAE's model, masking and optimiser."""
+"""MAE's named recipes: the digits and CIFAR-10 setups (workloads/recipes.py) with MAE's model, masking and
+optimiser."""
 
 from __future__ import annotations
 
+from workloads import recipes
 from workloads.config import Config
-from workloads.simclr.recipes import cifar10, digits
 
 
 def mae_digits() -> Config:
-    """SimCLR's digits recipe with a small ViT: 16 px, 2 px patches (64 per image), 75% masked.
+    """The digits setup with a small ViT: 16 px, 2 px patches (64 per image), 75% masked.
 
     Encoder and decoder sized to learn in minutes on 2 CPU cores (ours); the optimiser is MAE's
     (AdamW, weight decay 0.05, lr = base · B/256; He et al. 2021, Table 8) with a 20x larger base lr,
@@ -16,8 +17,7 @@ def mae_digits() -> Config:
     AdamW betas (0.9, 0.95) as MAE. Crop scale 0.2-1 as MAE; no flip (digits
     are not mirror-symmetric), no colour, grayscale or blur (MAE uses none).
     """
-    return digits().replace({
-        "method": "mae",
+    return recipes.digits("mae", {
         "aug.min_scale": 0.2, "aug.flip_p": 0.0, "aug.jitter_p": 0.0, "aug.gray_p": 0.0, "aug.blur_p": 0.0,
         "model.arch": "vit", "model.patch_size": 2, "model.vit_dim": 128, "model.vit_depth": 4,
         "model.vit_heads": 4,
@@ -39,8 +39,7 @@ def mae_cifar10() -> Config:
     (He et al. 2021, Table 8; facebookresearch/mae PRETRAIN.md): AdamW, base lr 1.5e-4 · B/256,
     weight decay 0.05, 40 warmup epochs, 800 epochs, normalised-pixel targets, crop 0.2-1 + flip.
     """
-    return cifar10().replace({
-        "method": "mae",
+    return recipes.cifar10("mae", {
         "aug.min_scale": 0.2, "aug.flip_p": 0.5, "aug.jitter_p": 0.0, "aug.gray_p": 0.0, "aug.blur_p": 0.0,
         "model.arch": "vit", "model.patch_size": 4, "model.vit_dim": 192, "model.vit_depth": 12,
         "model.vit_heads": 3,

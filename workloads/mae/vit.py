@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from workloads.mae.masks import visible_index
+from workloads.masks import visible_index
 
 LN_EPS = 1e-6  # MAE's norm_layer=partial(nn.LayerNorm, eps=1e-6)
 

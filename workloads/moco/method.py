@@ -7,37 +7,21 @@ the keys then join the queue. Asymmetric, as in the paper: only view0 is back-pr
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.views import AugConfig, finish_views, two_views
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.encoders import build_encoder
+from workloads.heads import mlp_head
 from workloads.method import Images, Method, Net
 from workloads.moco.config import MoCoConfig
 from workloads.moco.loss import info_nce
-from workloads.moco.model import MoCoModel, mlp_head
+from workloads.moco.model import MoCoModel
 from workloads.moco.recipes import RECIPES
+from workloads.momentum import momentum_at
 from workloads.rng import RandomSource
-from workloads.views import AugConfig, two_views
-
-
-def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
-    """Key-encoder momentum after optimiser step ``step`` of ``total_steps``.
-
-    "constant": ``base`` (MoCo). "cosine": 1 − (1 − base)·(cos(π·step/total) + 1)/2, rising from
-    ``base`` at step 0 to 1 at the end (BYOL, Grill et al. 2020, §3.2; solo-learn's MoCo v2+).
-    """
-    if schedule == "constant":
-        return base
-    if schedule != "cosine":
-        raise ValueError(f"momentum schedule must be 'constant' or 'cosine'; got {schedule!r}")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0; got total_steps={total_steps}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 def _moco(model: nn.Module) -> MoCoModel:
@@ -62,12 +46,14 @@ class MoCo(Method):
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)  # MoCo v2's aug+ is SimCLR's augmentation
 
+    def finish_batch(self, batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+        return finish_views(batch, cfg)  # aug.device=train: the views' colour stage, here on the device
+
     def build_model(self, cfg: Config) -> nn.Module:
-        m = cfg.model
+        m, moco = cfg.model, cfg.get(MoCoConfig)
         encoder, num_features = build_encoder(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks)
         head = mlp_head(num_features, m.proj_hidden_dim or num_features, m.proj_dim, num_layers=m.proj_layers)
-        return MoCoModel(encoder, head, dim=m.proj_dim, queue_size=cfg.moco.queue_size,
-                         shuffle_bn=cfg.moco.shuffle_bn)
+        return MoCoModel(encoder, head, dim=m.proj_dim, queue_size=moco.queue_size, shuffle_bn=moco.shuffle_bn)
 
     def trainable(self, model: nn.Module) -> nn.Module:
         """f_q only: the key encoder moves by momentum, never by the optimiser."""
@@ -80,12 +66,13 @@ class MoCo(Method):
         with torch.no_grad(), net.autocast():
             k = core.keys(batch["view1"], to_input=net.image)  # keys: N x D, no gradient
         # clone: enqueue below rewrites the queue in place, and q's gradient needs the old one
-        loss = info_nce(q, k, core.queue.clone().detach(), cfg.loss.temperature)
+        loss = info_nce(q, k, core.queue.clone().detach(), cfg.get(LossConfig).temperature)
         core.enqueue(k)
         return loss
 
     def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:
         """f_k ← m·f_k + (1 − m)·f_q. The reference does this at the start of the next forward; doing it
         after the optimiser step is the same sequence of key encoders."""
-        m = momentum_at(step, total_steps, cfg.moco.momentum, cfg.moco.momentum_schedule)
+        moco = cfg.get(MoCoConfig)
+        m = momentum_at(step, total_steps, moco.momentum, moco.momentum_schedule)
         _moco(model).momentum_update(m)

@@ -7,7 +7,6 @@ size from ``torch.distributed`` and fall back to one process when it is not init
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -16,43 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workloads import dist
-
-
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int = 128, num_layers: int = 2) -> nn.Sequential:
-    """MoCo v2's projection MLP: (Linear → ReLU) × (num_layers − 1), then Linear(out_dim).
-
-    MoCo v2 replaces v1's linear fc with a 2-layer MLP, hidden = the backbone's width, no BatchNorm
-    (Chen et al. 2020, §2; facebookresearch/moco builder.py ``--mlp``). ``num_layers=3`` adds one more
-    hidden layer for ``model.proj_layers = 3``.
-    """
-    for field, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
-        if value <= 0:
-            raise ValueError(f"mlp_head {field} must be a positive size; got {field}={value}.")
-    if num_layers not in (2, 3):
-        raise ValueError(f"mlp_head num_layers must be 2 (MoCo v2) or 3; got num_layers={num_layers}.")
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(num_layers - 1):
-        layers += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
-        dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*layers)
-
-
-@torch.no_grad()
-def all_gather(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from every rank along dim 0, in rank order, without gradient.
-
-    For keys and images, which carry no gradient (``workloads.dist.gather_with_grad`` is the one with
-    a backward). Every rank must pass the same shape. One process: ``x`` itself.
-    """
-    world = dist.world_size()
-    if world == 1:
-        return x
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(world)]
-    tdist.all_gather(parts, x)  # W x (N, ...)
-    return torch.cat(parts)  # (W*N, ...)
+from workloads.dist import all_gather
+from workloads.momentum import ema_update, momentum_copy
 
 
 @torch.no_grad()
@@ -107,10 +71,9 @@ class MoCoModel(nn.Module):
                              f"got queue_size={queue_size}.")
         self.encoder = encoder
         self.head = head
-        self.key_encoder = copy.deepcopy(encoder)  # f_k = f_q at initialisation (MoCo Algorithm 1)
-        self.key_head = copy.deepcopy(head)
-        for p in self.key_parameters():
-            p.requires_grad = False  # updated by momentum only; DDP and the optimiser skip them
+        # f_k = f_q at initialisation (MoCo Algorithm 1), updated by momentum only
+        self.key_encoder = momentum_copy(encoder)
+        self.key_head = momentum_copy(head)
         self.shuffle_bn = shuffle_bn
         # random unit keys stand in for the first K negatives, as in the reference builder
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))  # K x D
@@ -129,17 +92,9 @@ class MoCoModel(nn.Module):
         q = self.head(self.encoder(x))  # queries: N x D
         return F.normalize(q.float(), dim=1)  # float32 so the loss and the queue see full precision
 
-    @torch.no_grad()
     def momentum_update(self, m: float) -> None:
-        """f_k ← m·f_k + (1 − m)·f_q on parameters only (MoCo Eq. 2).
-
-        BatchNorm running statistics are not averaged: the key encoder keeps its own, from its own
-        forwards, as in facebookresearch/moco builder.py ``_momentum_update_key_encoder``.
-        """
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1]; got m={m}.")
-        for q, k in zip(self.query_parameters(), self.key_parameters(), strict=True):
-            k.mul_(m).add_(q, alpha=1.0 - m)
+        """f_k ← m·f_k + (1 − m)·f_q on parameters only (MoCo Eq. 2); BatchNorm statistics stay f_k's own."""
+        ema_update(self.query_parameters(), self.key_parameters(), m)
 
     @torch.no_grad()
     def keys(self, x: Tensor, to_input: Callable[[Tensor], Tensor] | None = None) -> Tensor:

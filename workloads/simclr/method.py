@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.views import AugConfig, finish_views, two_views
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.method import Images, Method, Net
@@ -12,7 +13,6 @@ from workloads.rng import RandomSource
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
 from workloads.simclr.recipes import RECIPES
-from workloads.views import AugConfig, two_views
 
 
 def build_resnet_model(cfg: Config) -> nn.Module:
@@ -31,6 +31,9 @@ class SimCLR(Method):
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         return two_views(images, cfg, generator)
 
+    def finish_batch(self, batch: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+        return finish_views(batch, cfg)  # aug.device=train: the views' colour stage, here on the device
+
     def build_model(self, cfg: Config) -> nn.Module:
         return build_resnet_model(cfg)
 
@@ -38,5 +41,5 @@ class SimCLR(Method):
         x = net.image(torch.cat([batch["view0"], batch["view1"]]))  # 2B x 3 x S x S, both views
         z = net.forward(x)  # 2B x D
         z0, z1 = z.chunk(2)  # B x D each
-        return nt_xent(z0, z1, cfg.loss.temperature, gather=cfg.loss.gather,
-                       chunk_rows=cfg.loss.rows_per_chunk(2 * len(z0)))
+        loss = cfg.get(LossConfig)
+        return nt_xent(z0, z1, loss.temperature, gather=loss.gather, chunk_rows=loss.rows_per_chunk(2 * len(z0)))

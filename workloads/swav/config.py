@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.config import check
+from workloads.fields import check
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """SwAV (Caron et al. 2020, arXiv:2006.09882) as a workload: swapped prediction of Sinkhorn-Knopp codes
 over multi-crop views.
 
-Every crop (2 large + several small, ``workloads/multicrop.py``) is embedded and scored against the
+Every crop (2 large + several small, ``workloads/augment/multicrop.py``) is embedded and scored against the
 prototypes; each large crop's codes come from Sinkhorn-Knopp over the batch of every worker (and the
 queue, once it is on), without gradient; every other crop predicts them (facebookresearch/swav
 main_swav.py ``train``). A clustering method, not a GAN: no generator, no discriminator.
@@ -12,17 +12,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from workloads.augment.multicrop import MultiCropConfig, check_multicrop, multi_crop
+from workloads.augment.views import AugConfig
 from workloads.config import Config, ConfigError
 from workloads.encoders import build_encoder
+from workloads.heads import ProjectionHead
 from workloads.method import Images, Method, Net
-from workloads.multicrop import MultiCropConfig, check_multicrop, multi_crop
 from workloads.rng import RandomSource
-from workloads.simclr.model import ProjectionHead
 from workloads.swav.config import SwAVConfig
 from workloads.swav.loss import sinkhorn_knopp, swapped_prediction
 from workloads.swav.model import SwAVModel
 from workloads.swav.recipes import RECIPES
-from workloads.views import AugConfig
 
 
 def _swav(model: nn.Module) -> SwAVModel:
@@ -35,7 +35,7 @@ def _swav(model: nn.Module) -> SwAVModel:
 def codes(core: SwAVModel, z_large: Tensor, scores_large: list[Tensor], cfg: Config) -> list[Tensor]:
     """Each large crop's codes (B, K): Sinkhorn-Knopp over this worker's B rows, preceded by its part of
     the queue once the queue is on and full; then this batch's large-crop embeddings join the queue."""
-    s = cfg.swav
+    s = cfg.get(SwAVConfig)
     on = s.queue_length > 0 and core.epoch > s.epoch_queue_starts
     full = on and core.queue_full()  # decided once, before this batch is enqueued
     b = scores_large[0].shape[0]
@@ -64,10 +64,11 @@ class SwAV(Method):
     def check_config(self, cfg: Config) -> None:
         super().check_config(cfg)
         check_multicrop(cfg)
-        if cfg.multicrop.large_crops < 2:
+        large = cfg.get(MultiCropConfig).large_crops
+        if large < 2:
             raise ConfigError(f"multicrop.large_crops must be >= 2 for method 'swav' (each large crop's codes are "
-                              f"predicted from the other crops; SwAV uses 2); got {cfg.multicrop.large_crops}")
-        length, batch = cfg.swav.queue_length, cfg.train.batch_size
+                              f"predicted from the other crops; SwAV uses 2); got {large}")
+        length, batch = cfg.get(SwAVConfig).queue_length, cfg.train.batch_size
         if length % batch:
             raise ConfigError(f"swav.queue_length must be 0 or a multiple of train.batch_size ({batch}), so every "
                               f"worker's part holds whole batches; got {length} "
@@ -77,14 +78,14 @@ class SwAV(Method):
         return multi_crop(images, cfg, generator)  # view0.. B x 3 x S x S, small0.. B x 3 x s x s, uint8
 
     def build_model(self, cfg: Config) -> nn.Module:
-        m = cfg.model
+        m, s = cfg.model, cfg.get(SwAVConfig)
         encoder, num_features = build_encoder(m.arch, m.cifar_stem, widths=m.widths, blocks=m.blocks)
         head = ProjectionHead(num_features, m.proj_hidden_dim or num_features, m.proj_dim, m.proj_layers)
-        return SwAVModel(encoder, head, m.proj_dim, cfg.swav.num_prototypes, cfg.multicrop.large_crops,
-                         cfg.swav.queue_length)
+        return SwAVModel(encoder, head, m.proj_dim, s.num_prototypes, cfg.get(MultiCropConfig).large_crops,
+                         s.queue_length)
 
     def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
-        core, mc = _swav(net.core), cfg.multicrop
+        core, mc = _swav(net.core), cfg.get(MultiCropConfig)
         crops = [net.image(torch.cat([batch[n] for n in mc.large_names()]))]  # C*B x 3 x S x S
         if mc.small_crops:
             crops.append(net.image(torch.cat([batch[n] for n in mc.small_names()])))  # M*B x 3 x s x s
@@ -92,7 +93,7 @@ class SwAV(Method):
         b = batch["view0"].shape[0]
         per_crop = list(scores.split(b))  # C+M crops x (B x K), large crops first
         q = codes(core, z[:mc.large_crops * b], per_crop[:mc.large_crops], cfg)
-        return swapped_prediction(per_crop, q, cfg.swav.temperature)
+        return swapped_prediction(per_crop, q, cfg.get(SwAVConfig).temperature)
 
     def before_epoch(self, model: nn.Module, epoch: int, cfg: Config) -> None:
         _swav(model).epoch = epoch  # the queue and the prototype freeze go by epoch
@@ -101,7 +102,7 @@ class SwAV(Method):
         """The prototypes stay fixed during the first ``swav.freeze_prototypes_epochs``: their gradient is
         dropped, so the optimiser skips them (no step, no decay, no momentum), as the reference does."""
         core = _swav(model)
-        if core.epoch <= cfg.swav.freeze_prototypes_epochs:
+        if core.epoch <= cfg.get(SwAVConfig).freeze_prototypes_epochs:
             core.prototypes.weight.grad = None
 
     def after_step(self, model: nn.Module, step: int, total_steps: int, cfg: Config) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workloads import dist
-from workloads.moco.model import all_gather
+from workloads.dist import all_gather
 
 
 class SwAVModel(nn.Module):

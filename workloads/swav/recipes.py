@@ -1,13 +1,14 @@
-"""SwAV's named recipes: SimCLR's digits and CIFAR-10 recipes with SwAV's settings and multi-crop."""
+"""SwAV's named recipes: the digits and CIFAR-10 setups (workloads/recipes.py) with SwAV's settings and
+multi-crop."""
 
 from __future__ import annotations
 
+from workloads import recipes
 from workloads.config import Config
-from workloads.simclr import recipes as simclr_recipes
 
 
 def digits() -> Config:
-    """SimCLR's digits recipe (small ResNet, head to 64, LARS, batch 128, 25 epochs) with SwAV: τ 0.1 and 3
+    """The digits setup (small ResNet, head to 64, LARS, batch 128, 25 epochs) with SwAV: τ 0.1 and 3
     Sinkhorn iterations as the reference; ε 0.02 and 300 prototypes (ours: with the reference's ε 0.05,
     or with fewer prototypes than embedding dimensions, the embeddings drift together and the kNN falls
     from 0.91 to 0.81 in 5 epochs; measured in one process); a queue of 3 global batches from epoch 5;
@@ -16,8 +17,7 @@ def digits() -> Config:
     learnt less in the same check (kNN 0.89 and 0.92 against 0.94 after 7 epochs). Multi-crop is on with
     ``--set multicrop.small_crops=2``.
     """
-    return simclr_recipes.digits().replace({
-        "method": "swav",
+    return recipes.digits("swav", {
         "multicrop.large_crops": 2,
         "multicrop.small_crops": 0,
         "multicrop.small_size": 12,
@@ -38,8 +38,7 @@ def cifar10() -> Config:
     scale 0.2-1 and 6 x 18 px of scale 0.08-0.5. Its colour jitter 0.6 on the large crops is strength 0.75
     here (hue 0.15 against its 0.2); its solarization and the small crops' own jitter and blur are not.
     """
-    return simclr_recipes.cifar10().replace({
-        "method": "swav",
+    return recipes.cifar10("swav", {
         "aug.strength": 0.75,
         "aug.min_scale": 0.2,
         "aug.blur_p": 0.0,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from workloads.config import check
-
-LIKELIHOODS = ("bernoulli", "gaussian")
+from workloads.fields import check, check_choices
 
 
 @dataclass
@@ -17,12 +15,12 @@ class VAEConfig:
     section: ClassVar[str] = "vae"
     latent_dim: int = 32  # size of z; μ is the feature that kNN, the linear probe and the exported model use
     beta: float = 1.0  # weight of KL(q(z|x) ‖ N(0, I)); 1 is the ELBO itself (Kingma & Welling)
-    likelihood: str = "bernoulli"  # p(x|z) of pixels in [0, 1]: bernoulli (K&W's MNIST) | gaussian
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"  # p(x|z) of pixels in [0, 1]; bernoulli: K&W's MNIST
     sigma: float = 0.1  # gaussian: the fixed standard deviation of every pixel, in [0, 1] pixel units
 
     def __post_init__(self) -> None:
+        check_choices(self)
         s = self.section
         check(self.latent_dim >= 1, s, "latent_dim", ">= 1", self.latent_dim)
         check(self.beta >= 0.0, s, "beta", ">= 0 (1: the ELBO)", self.beta)
-        check(self.likelihood in LIKELIHOODS, s, "likelihood", " or ".join(LIKELIHOODS), self.likelihood)
         check(self.sigma > 0.0, s, "sigma", "> 0", self.sigma)

@@ -13,15 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from workloads import dist
+from workloads.augment.views import AugConfig, one_view
 from workloads.config import Config
-from workloads.mae.pictures import MAX_PICTURES, evaluating, model_device, pictured, reconstruction_grid
 from workloads.method import Images, Method, Net, normalize
+from workloads.pictures import MAX_PICTURES, evaluating, model_device, pictured, reconstruction_grid
 from workloads.rng import RandomSource
 from workloads.vae.config import VAEConfig
 from workloads.vae.loss import negative_elbo
 from workloads.vae.model import VAEModel, build_vae_model
 from workloads.vae.recipes import RECIPES
-from workloads.views import AugConfig, one_view
 
 
 def _vae(model: nn.Module) -> VAEModel:
@@ -58,10 +58,11 @@ class VAE(Method):
 
     def build_model(self, cfg: Config) -> nn.Module:
         m = cfg.model
-        return build_vae_model(m.arch, m.cifar_stem, m.widths, m.blocks, cfg.vae.latent_dim, cfg.data.image_size)
+        return build_vae_model(m.arch, m.cifar_stem, m.widths, m.blocks, cfg.get(VAEConfig).latent_dim,
+                               cfg.data.image_size)
 
     def loss(self, net: Net, batch: dict[str, Tensor], cfg: Config) -> Tensor:
-        v = cfg.vae
+        v = cfg.get(VAEConfig)
         images = batch["view0"]  # B x 3 x S x S uint8
         eps = worker_noise(images.shape[0], v.latent_dim, images.device)  # B x D
         logits, mu, logvar = net.forward(net.image(images), eps)  # B x 3 x S x S, B x D, B x D
@@ -70,7 +71,7 @@ class VAE(Method):
 
     def pictures(self, model: nn.Module, images: Tensor, cfg: Config, folder: str) -> list[str]:
         """Inputs and their reconstructions (the decoder's mean at z = μ), and decoder means of z ~ N(0, I)."""
-        core = _vae(model)
+        core, v = _vae(model), cfg.get(VAEConfig)
         images = pictured(images, cfg.data.image_size)  # n x 3 x S x S uint8
         device = model_device(core)
         prior = torch.randn(2 * MAX_PICTURES, core.latent_dim,
@@ -80,10 +81,10 @@ class VAE(Method):
             samples = to_pixels(core.decode(prior.to(device))).cpu()  # 2n x 3 x S x S
         recon_path = os.path.join(folder, "vae_reconstructions.png")
         reconstruction_grid([images, recon], ["input", "output"], recon_path,
-                            f"VAE: inputs and reconstructions (decoder mean at z = μ), {cfg.vae.likelihood} "
-                            f"p(x|z), β = {cfg.vae.beta:g}")
+                            f"VAE: inputs and reconstructions (decoder mean at z = μ), {v.likelihood} "
+                            f"p(x|z), β = {v.beta:g}")
         samples_path = os.path.join(folder, "vae_samples.png")
         reconstruction_grid([samples[:MAX_PICTURES], samples[MAX_PICTURES:]], ["z ~ N(0, I)", ""], samples_path,
                             f"VAE: decoder means of {2 * MAX_PICTURES} draws from the prior, "
-                            f"{cfg.vae.latent_dim}-dimensional z")
+                            f"{v.latent_dim}-dimensional z")
         return [recon_path, samples_path]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.encoders import build_encoder
-from workloads.inpaint.model import feature_map, upsampling_decoder
+from workloads.decoders import upsampling_decoder
+from workloads.encoders import build_encoder, feature_map
 
 
 class VAEEncoder(nn.Module):

@@ -1,8 +1,8 @@
-"""The pixel operations of the SimCLR views, on whole batches with per-image parameters.
+"""The pixel operations of the views, on whole batches with per-image parameters.
 
 Crop boxes as torchvision's RandomResizedCrop draws them and its antialiased resize of each crop; colour
 jitter, grayscale, flip and a per-image Gaussian blur as tensor ops on uint8-range floats. SimCLRAugment
-(augment.py) draws the parameters and composes these; they are here so that any method's views can use them.
+(transform.py) draws the parameters and composes these.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 The recipe is the SimCLR one (Chen et al. 2020, appendix A; google-research/simclr `data_util.py`):
 random resized crop, horizontal flip, colour jitter in random order, grayscale, optional Gaussian
 blur. A batched torchvision v2 transform draws ONE set of parameters for the whole batch, which is a
-weaker augmentation (see SIMCLR.md, "Per-sample random parameters matter"); a per-image v2 loop is
+weaker augmentation (every image of a batch cropped and coloured alike); a per-image v2 loop is
 correct but slow. `SimCLRAugment` draws every parameter per image, as the per-image torchvision
 recipe does (`reference_augment`), and applies each op to the whole batch with tensor ops.
 
-A view is two stages (issue 15), so the colour half can run on the training device:
+A view is two stages, so the colour half can run on the training device:
 - the crop stage (``SimCLRAugment.crop_stage``, CPU, next to decode): draws all of a view's
   parameters per row and cuts each image's random resized crop to uint8 S x S;
 - the colour stage (``SimCLRAugment.colour``, any torch device): flip, colour jitter, grayscale and
@@ -33,9 +33,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from workloads.method import Images
-from workloads.rng import RandomSource, rand
-from workloads.simclr.ops import (
+from workloads.augment.ops import (
     CHUNK_PIXELS,
     COLOUR_OPS,
     MAX_VALUE,
@@ -52,6 +50,8 @@ from workloads.simclr.ops import (
     sample_crop_boxes,
     uniform,
 )
+from workloads.method import Images
+from workloads.rng import RandomSource, rand
 
 
 @dataclass(frozen=True)
