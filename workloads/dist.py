@@ -65,6 +65,42 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _AllReduceWithGrad(torch.autograd.Function):
+    """all_reduce (sum) whose backward is an all_reduce (sum) of every rank's gradient.
+
+    y = Σ_r x_r on every rank, and every rank's loss may use y, so the gradient of x_r is Σ_s ∂L_s/∂y.
+    When each rank's loss is the same function of y (a loss over the global batch), that is W·∂L/∂y, and
+    DDP's average over the W ranks brings the parameters' gradients back to one process's. torch's in-place
+    ``all_reduce``, which autograd does not see, drops the other ranks' share: 1/W of the gradients when the
+    loss is a function of the sum (lightly issue 1977), plain wrong ones when sums are nested.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().clone()  # all_reduce is in place; the input may be needed by its own backward
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # autograd may share `grad` with other consumers
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over every rank, on every rank, with the gradient path to every rank's ``x``.
+
+    For statistics of the global batch computed from each rank's local sums (Barlow Twins' batch norm and
+    cross-correlation): the local parts need not have the same number of rows, only ``x`` the same shape.
+    One process (not initialised, or world size 1): ``x`` itself.
+    """
+    if world_size() == 1:
+        return x
+    out: torch.Tensor = _AllReduceWithGrad.apply(x)
+    return out
+
+
 @torch.no_grad()
 def all_gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, in rank order, without gradient.

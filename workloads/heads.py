@@ -4,6 +4,8 @@
 - ``ProjectionHead``: SimCLR's g(·), (Linear without bias → BN → ReLU) × (n − 1) → Linear; SwAV's too.
 - ``mlp_head``: MoCo v2's, (Linear → ReLU) × (n − 1) → Linear, no BatchNorm.
 - ``byol_mlp``: BYOL's projector and predictor, (Linear → BN → ReLU) × (n − 1) → Linear, biases kept.
+- ``expander_mlp``: Barlow Twins' projector and VICReg's expander, (Linear → BN → ReLU) × (n − 1) → Linear
+  without bias.
 """
 
 from __future__ import annotations
@@ -77,4 +79,23 @@ def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) ->
         layers += [nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def expander_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 3,
+                 hidden_bias: bool = False) -> nn.Sequential:
+    """Barlow Twins' projector and VICReg's expander: (Linear → BatchNorm → ReLU) × (num_layers − 1), then a
+    Linear(out_dim) without bias.
+
+    Both papers use 8192-8192-8192 (three layers) on a ResNet-50. ``hidden_bias``: a bias on the hidden
+    layers' Linear, which VICReg's ``Projector`` keeps and Barlow Twins' drops (the BatchNorm right after it
+    has its own shift, so the two compute the same functions). ``num_layers=2`` drops one hidden layer.
+    """
+    _check_sizes("expander_mlp", in_dim, hidden_dim, out_dim, num_layers, "2 or 3 (Barlow Twins, VICReg: 3)")
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim, bias=hidden_bias), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=False))
     return nn.Sequential(*layers)
