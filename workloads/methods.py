@@ -8,6 +8,7 @@ subclass (importing shared modules only, never another method's folder), and one
 
 from __future__ import annotations
 
+from workloads.barlowtwins.method import BarlowTwins
 from workloads.byol.method import BYOL
 from workloads.config import SHARED_SECTIONS, Config
 from workloads.fields import ConfigError
@@ -18,6 +19,7 @@ from workloads.moco.method import MoCo
 from workloads.simclr.method import SimCLR
 from workloads.swav.method import SwAV
 from workloads.vae.method import VAE
+from workloads.vicreg.method import VICReg
 
 DEFAULT_METHOD = "simclr"  # what a config, the CLI and `recipe` train when no method is named
 
@@ -30,6 +32,8 @@ METHODS: dict[str, Method] = {
     "swav": SwAV(),
     "byol": BYOL(),
     "vae": VAE(),
+    "barlowtwins": BarlowTwins(),
+    "vicreg": VICReg(),
 }
 
 

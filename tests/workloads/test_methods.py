@@ -16,7 +16,7 @@ from workloads.methods import METHODS, method, recipe
 from workloads.optim import build_optimizer
 from workloads.simclr.loss import nt_xent
 
-METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
+METHOD_NAMES = ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae", "barlowtwins", "vicreg")
 
 
 def test_the_dict_holds_every_method_the_config_accepts() -> None:
@@ -26,7 +26,7 @@ def test_the_dict_holds_every_method_the_config_accepts() -> None:
 
 
 def test_unknown_method_names_the_known_ones() -> None:
-    known = "simclr, moco, mae, inpaint, swav, byol, vae"
+    known = "simclr, moco, mae, inpaint, swav, byol, vae, barlowtwins, vicreg"
     with pytest.raises(ConfigError, match=f"method must be one of {known}; got 'dino'"):
         method("dino")
     with pytest.raises(ConfigError, match="config.method must be one of"):
@@ -140,7 +140,7 @@ def test_finish_batch_gives_the_views_whatever_device_ran_their_colour_stage(nam
         cfg = _tiny(name).replace({"aug.device": device, "aug.blur_p": 0.5, "aug.flip_p": 0.5})
         streamed[device] = m.views(images, cfg, torch.Generator().manual_seed(2))
     deferred = any("__" in key for key in streamed["train"])
-    assert deferred == (name in ("simclr", "moco", "byol"))
+    assert deferred == (name in ("simclr", "moco", "byol", "barlowtwins", "vicreg"))
     finished = m.finish_batch(streamed["train"], cfg)
     assert finished.keys() == streamed["data"].keys()
     assert all(torch.equal(finished[k], streamed["data"][k]) for k in finished)
