@@ -11,9 +11,7 @@ def digits() -> Config:
     """The digits setup (small ResNet 32/64/128, LARS lr 1.0·B/256, wd 1e-5, warmup 2, batch 128, 25 epochs, its
     augmentation) with the reference's projector scaled down to 512-512-512 (8192-8192-8192 in the paper, on
     2048 features; 4× the backbone's 128 here) and its λ 0.0051. Ours, sized to learn in minutes on 2 CPU
-    cores. On one process (seed 0, kNN from 0.908): 0.969 after 25 epochs (0.961 at lr 3.0); over 10 epochs,
-    λ 0.002 / 0.0051 / 0.02 ended at 0.928 / 0.922 / 0.933 and lr 0.3 / 1.0 / 3.0 at 0.897 / 0.922 / 0.933,
-    within a few images of each other except the lowest lr.
+    cores (docs/METHODS.md has how it was chosen).
     """
     return recipes.digits("barlowtwins", {
         "model.proj_hidden_dim": 512, "model.proj_dim": 512, "model.proj_layers": 3,
