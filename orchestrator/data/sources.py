@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
+from orchestrator import storage
 from orchestrator.errors import BadImageError, UserError
 from workloads.decode import decode_image, decode_whole
 
@@ -220,17 +221,9 @@ class FileListing:
     filesystem: pafs.FileSystem
 
 
-def _resolve(uri: str, field: str) -> tuple[pafs.FileSystem, str]:
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"{field}: cannot open {uri!r}: {err}") from err
-    return fs, path
-
-
 def list_image_folder(root: str, field: str = "data.root") -> FileListing:
     """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
-    fs, base = _resolve(root, field)
+    fs, base = storage.filesystem(root, field)
     info = fs.get_file_info(base)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"{field}: {root!r} is not a folder of class folders (root/<class>/<image>)")
@@ -254,7 +247,7 @@ def list_image_folder(root: str, field: str = "data.root") -> FileListing:
 
 def list_image_files(uri: str) -> FileListing:
     """Image files by URI: one file, or every image file under a folder (recursively)."""
-    fs, base = _resolve(uri, "data.uri")
+    fs, base = storage.filesystem(uri, "data.uri")
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.File:
         paths = [base]
@@ -270,7 +263,7 @@ def list_image_files(uri: str) -> FileListing:
 
 def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
     """Check that a Parquet URI exists before Ray Data reads it."""
-    fs, path = _resolve(uri, "data.uri")
+    fs, path = storage.filesystem(uri, "data.uri")
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise UserError(f"data.uri: {uri!r} does not exist")
     return fs, path
@@ -299,13 +292,13 @@ def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center
 
 def check_paths(source: str, root: str, uri: str, download: bool, eval_root: str = "") -> None:
     """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
-    if eval_root and "://" not in eval_root and not os.path.isdir(eval_root):
+    if eval_root and storage.missing_locally(eval_root, folder=True):
         raise UserError(f"data.eval_root: no such folder {eval_root!r}; give a labelled ImageFolder tree "
                         f"(root/<class>/<image>, e.g. ImageNet's val/) or set data.eval_root= to train without it")
     if source in TORCHVISION_SOURCES and not download and not os.path.isdir(root):
         raise UserError(f"data.root: no such folder {root!r} for {source}; point data.root at the dataset's "
                         f"folder or set data.download=true to fetch it")
-    if source == "imagefolder" and "://" not in root and not os.path.isdir(root):
+    if source == "imagefolder" and storage.missing_locally(root, folder=True):
         raise UserError(f"data.root: no such folder {root!r}; an ImageFolder tree is root/<class>/<image>")
-    if source in ("parquet", "images") and "://" not in uri and not os.path.exists(uri):
+    if source in ("parquet", "images") and storage.missing_locally(uri):
         raise UserError(f"data.uri: {uri!r} does not exist; give a file, a folder or an s3:// / gs:// URI")

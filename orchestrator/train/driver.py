@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa_lib
-import pyarrow.fs as pafs
 import ray
 import ray.data
 import ray.train
@@ -30,7 +28,7 @@ import yaml
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator import console, tracking
+from orchestrator import console, storage, tracking
 from orchestrator.data import sources
 from orchestrator.data.prepare import PreparedData, prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stream
@@ -73,32 +71,17 @@ def generated_name(cfg: Config) -> str:
 
 
 def storage_path(cfg: Config) -> str:
-    path = cfg.train.storage_path or "simclr_runs"
-    return path if "://" in path else os.path.abspath(path)
+    return storage.absolute(cfg.train.storage_path or "simclr_runs")
 
 
-def probe_storage(storage: str) -> None:
-    """Write and delete a small file where checkpoints go, before Ray starts: a folder that cannot be
-    created, a read-only mount, a missing bucket or missing credentials are one line, not a traceback
-    from Ray Train's first checkpoint minutes later."""
-    probe = f".simclr-write-probe-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
-        fs.create_dir(base, recursive=True)
-        with fs.open_output_stream(f"{base}/{probe}") as f:
-            f.write(b"ok")
-        fs.delete_file(f"{base}/{probe}")
-    except (OSError, ValueError, pa_lib.ArrowException) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"train.storage_path: cannot write to {redact(storage)} ({redact(reason)[:300]}); "
-                        f"choose a writable folder or bucket") from err
-
-
-def run_log_path(storage: str, name: str) -> str:
+def run_log_path(storage_root: str, name: str) -> str:
     """The console log of this invocation: beside the run's checkpoints when they are local, else in a
     temporary folder (either way it is logged to the MLflow run as ``logs/``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = os.path.join(storage, name, "logs") if "://" not in storage else tempfile.mkdtemp(prefix="simclr-log-")
+    if storage.is_uri(storage_root):
+        folder = tempfile.mkdtemp(prefix="simclr-log-")
+    else:
+        folder = os.path.join(storage_root, name, "logs")
     return os.path.join(folder, f"console-{stamp}.log")
 
 
@@ -133,10 +116,8 @@ def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: in
             + (f"\n  Ray's output: {log}" if log else ""))
 
 
-def has_checkpoint(storage: str, name: str) -> bool:
-    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + storage)
-    selector = pafs.FileSelector(f"{base}/{name}", allow_not_found=True)
-    return any(i.base_name.startswith("checkpoint_") for i in fs.get_file_info(selector))
+def has_checkpoint(storage_root: str, name: str) -> bool:
+    return any(i.base_name.startswith("checkpoint_") for i in storage.listing(storage.join(storage_root, name)))
 
 
 def run_tags(cfg: Config, world: int) -> dict[str, str]:
@@ -170,7 +151,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
     sources.check_paths(cfg.data.source, cfg.data.root, cfg.data.uri, cfg.data.download, cfg.data.eval_root)
     name = cfg.train.name or generated_name(cfg)
     cfg = cfg.replace({"train.name": name, "train.storage_path": storage_path(cfg)})
-    probe_storage(cfg.train.storage_path)
+    storage.check_writable(cfg.train.storage_path, "train.storage_path")
     uri = tracking.resolve_uri(cfg.tracking.uri)
     cfg = cfg.replace({"tracking.uri": uri})  # checkpoints and `simclr eval` know where the run lives
     client = tracking.client_for(uri)

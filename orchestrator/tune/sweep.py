@@ -22,7 +22,6 @@ trial.py (the trainable, ASHA, the search algorithm), report.py (outcome and par
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from ray import tune
 from orchestrator import console, tracking
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
+from orchestrator.storage import absolute
 from orchestrator.train.driver import failure_message, storage_path
 from orchestrator.train.session import RayOptions, ray_session, start_local_ray
 from orchestrator.tune import progress
@@ -95,8 +95,8 @@ def _absolute(cfg: Config) -> Config:
     for key in ("data.root", "data.uri"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value and "://" not in value:
-            over[key] = os.path.abspath(value)
+        if value:
+            over[key] = absolute(value)
     return cfg.replace(over)
 
 
