@@ -25,7 +25,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,21 +33,21 @@ from ray import tune
 from orchestrator import console, tracking
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
-from orchestrator.storage import absolute
-from orchestrator.train.driver import failure_message, storage_path
-from orchestrator.train.session import RayOptions, ray_session, start_local_ray
+from orchestrator.storage import absolute, join
+from orchestrator.train.run import failure_message, storage_path
+from orchestrator.train.session import RayOptions, ray_session
 from orchestrator.tune import progress
 from orchestrator.tune.report import SweepOutcome, first_error, load_trials, report_parent, summarise
 from orchestrator.tune.resources import cluster_plan
 from orchestrator.tune.runs import end_orphans, fix_child_runs, start_parent
 from orchestrator.tune.space import Dimension, param_space, parse_search, validate_space
-from orchestrator.tune.spec import SweepSpec, join, load_spec, save_spec
+from orchestrator.tune.spec import SweepSpec, load_spec, save_spec
 from orchestrator.tune.trial import (
     build_scheduler,
     build_search_alg,
     make_trainable,
     shared_data,
-    simclr_trial,  # noqa: F401 - sweeps saved before the split pickled it from here
+    simclr_trial,  # noqa: F401 - a saved sweep may name its trainable by this module's path
     trial_dirname,
 )
 from workloads.config import Config, DataConfig
@@ -144,15 +143,6 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
     return dims
 
 
-def start_ray_for_tune(num_cpus: int = 0, object_store_mb: int = 0) -> None:
-    """A local Ray with its dashboard, which Train V2's placement-group cleanup needs (see start_local_ray)."""
-    start_local_ray(num_cpus, object_store_mb, dashboard=True)
-
-
-def tune_session(opts: RayOptions) -> AbstractContextManager[None]:
-    return ray_session(opts, dashboard=True)
-
-
 def _check_dashboard(scheduler: str) -> None:
     if scheduler == "none":
         return
@@ -183,7 +173,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
     uri = user_base.tracking.uri
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
-    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), ray_session(ray_opts or RayOptions()):
         sigterm_as_sigint()  # SIGTERM: Tune's graceful Ctrl-C stop
         _check_dashboard(opts.scheduler)
         plan = cluster_plan(cfg.train, opts.max_concurrent)
@@ -225,7 +215,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
         raise UserError(f"--resume {name}: no sweep to resume in {path} (set train.storage_path to the sweep's "
                         f"storage folder)")
     client = tracking.client_for(spec.tracking_uri)
-    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), ray_session(ray_opts or RayOptions()):
         sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.
