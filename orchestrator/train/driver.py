@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 
 from orchestrator import console, tracking
-from orchestrator.data import sources
+from orchestrator.data import catalog
 from orchestrator.data.prepare import PreparedData, prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stream
 from orchestrator.errors import UserError
@@ -69,8 +69,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
     terminal shows only our header, one line per epoch and the result (orchestrator/console.py).
     ``prepared``: ``cfg.data`` already read and decoded (a sweep's trials share it), else prepared here.
     """
-    d = cfg.data
-    sources.check_paths(d.source, d.root, d.uri, d.download, d.eval_root)
+    catalog.check_paths(cfg.data)
     cfg = run.settle(cfg)
     found = run.find(cfg)
     ray_opts = ray_opts or RayOptions()

@@ -31,6 +31,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator import console, tracking
+from orchestrator.data.catalog import evaluates_on_labels
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
 from orchestrator.storage import absolute, join
@@ -50,21 +51,8 @@ from orchestrator.tune.trial import (
     simclr_trial,  # noqa: F401 - a saved sweep may name its trainable by this module's path
     trial_dirname,
 )
-from workloads.config import Config, DataConfig
+from workloads.config import Config
 from workloads.methods import method
-
-
-def data_has_labels(data: DataConfig) -> bool:
-    """Whether runs report ``knn_top1``: labelled data with a held-out split (own test split or holdout)."""
-    if data.source in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
-        return True
-    if data.source == "stl10":
-        return data.split != "unlabeled"
-    if data.source in ("digits", "synthetic", "imagefolder"):
-        return data.holdout_fraction > 0
-    if data.source == "parquet":
-        return bool(data.label_column) and data.holdout_fraction > 0
-    return False
 
 
 @dataclass
@@ -101,7 +89,7 @@ def _absolute(cfg: Config) -> Config:
 
 def metric_and_mode(cfg: Config, opts: TuneOptions) -> tuple[str, str]:
     """``--metric``/``--mode``, else knn_top1 (max) when runs evaluate on labels, else loss (min)."""
-    metric = opts.metric or ("knn_top1" if data_has_labels(cfg.data) else "loss")
+    metric = opts.metric or ("knn_top1" if evaluates_on_labels(cfg.data) else "loss")
     mode = opts.mode or ("max" if metric.endswith(("top1", "acc", "accuracy")) else "min")
     return metric, mode
 
@@ -128,7 +116,7 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
         if opts.reduction_factor <= 1:
             raise UserError(f"--reduction-factor must be > 1; got {opts.reduction_factor:g}")
     metric, _ = metric_and_mode(cfg, opts)
-    if metric in ("knn_top1", "linear_probe_top1") and not data_has_labels(cfg.data):
+    if metric in ("knn_top1", "linear_probe_top1") and not evaluates_on_labels(cfg.data):
         raise UserError(f"--metric {metric}: data.source={cfg.data.source} gives no held-out labels here; "
                         f"use --metric loss")
     if metric == "knn_top1" and cfg.eval.every_epochs != 1:
