@@ -2,7 +2,7 @@
 which paths it needs (checked before Ray starts).
 
 ``SOURCES`` is the one table: ``prepare`` loads through it, ``check_paths`` checks what it names, and
-the sweep asks it whether runs report ``knn_top1``. ``workloads.config.DATA_SOURCES`` names the same
+the sweep asks it whether runs report ``knn_top1``. ``workloads.config.Source`` names the same
 sources for the config's own validation (tests/orchestrator/test_catalog.py holds the two together).
 """
 

@@ -5,6 +5,7 @@ each needs, checked before Ray starts; and the pipeline's split, on rows loaded 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ import pytest
 from orchestrator.data import catalog
 from orchestrator.data.prepare import split
 from orchestrator.errors import UserError
-from workloads.config import DATA_SOURCES, ConfigError, DataConfig
+from workloads.config import ConfigError, DataConfig, Source
+
+DATA_SOURCES = get_args(Source)
 
 
 def test_the_table_names_the_sources_the_config_accepts() -> None:

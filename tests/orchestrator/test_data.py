@@ -267,6 +267,7 @@ def test_parquet_wrong_column_is_a_user_error_naming_the_field(tmp_path: Path, i
     assert f"[{missing!r}] not in" in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_parquet_rows_keep_their_position_in_the_file_through_the_split(tmp_path: Path) -> None:
     """Parquet rows are read by Ray's row hash, which ties each to its position in the file: the held-out
@@ -351,6 +352,7 @@ def test_a_bad_parquet_row_is_named_by_its_position_in_the_file(tmp_path: Path) 
         prepare(cfg, seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_parquet_bad_row_under_fail_raises_bad_image_error(tmp_path: Path) -> None:
     path = tmp_path / "images.parquet"

@@ -249,6 +249,7 @@ def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_
     assert SECRET not in Path(config).read_text()
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_found_while_training_under_fail_fails_the_run_naming_it(tmp_path: Path) -> None:
     """Files decoded in each epoch's tasks (data.cache_decoded=false): the stream's error reaches the
     driver inside Ray's wrappers and is found there by its class."""
