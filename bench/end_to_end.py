@@ -20,7 +20,7 @@ whole run (Ray start, MLflow, checkpoints, Ray stop for ours). The runs stop one
 configured schedule (`train.stop_after_epoch`), so the final evaluation and model export, which are
 not throughput, do not run.
 
-With ``--shuffle-cost`` it measures instead what the per-epoch global shuffle costs (issue 13): our
+With ``--shuffle-cost`` it measures instead what the per-epoch global shuffle costs: our
 side alone, ``data.shuffle=true`` against ``false`` (every epoch in row-id order), alternated
 on, off, off, on so that a drift in load hits both.
 

@@ -474,7 +474,7 @@ def large_photo(w: int, h: int) -> bytes:
 
 
 def full_decode(data: bytes, nw: int, nh: int) -> np.ndarray:
-    """The decode before issue 15: the whole JPEG at full size, then PIL's resize."""
+    """The plain decode: the whole JPEG at full size, then PIL's resize."""
     with Image.open(io.BytesIO(data)) as img:
         rgb = img.convert("RGB")
     return np.asarray(rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0))
