@@ -16,6 +16,7 @@ import ray.train
 import torch
 from torch import nn
 
+from orchestrator.storage import filesystem, join, listing
 from orchestrator.train import faults
 from workloads.config import Config
 
@@ -73,7 +74,7 @@ def load_state_file(path: str) -> dict[str, Any]:
     return payload
 
 
-def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None
+def latest_checkpoint(storage_root: str, name: str, registered: ray.train.Checkpoint | None
                       ) -> tuple[str, dict[str, Any]] | None:
     """The newest complete checkpoint of the run: Ray's registered one, or a newer one on storage.
 
@@ -89,16 +90,16 @@ def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint 
                 best = (registered.path, load_state_file(d))
         except CheckpointError:
             best = None
-    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + os.path.abspath(storage))
-    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True))
-    names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
+    folder = join(storage_root, name)
+    fs, base = filesystem(folder)
+    names = sorted((e.base_name for e in listing(folder) if e.type == pafs.FileType.Directory
                     and e.base_name.startswith("checkpoint_epoch_")), reverse=True)
     for dir_name in names:
         if best is not None and dir_name <= os.path.basename(best[0].rstrip("/")):
             break  # sorted newest first: nothing newer than the registered one is left
         try:
-            with ray.train.Checkpoint(f"{base}/{name}/{dir_name}", filesystem=fs).as_directory() as d:
-                return f"{base}/{name}/{dir_name}", load_state_file(d)
+            with ray.train.Checkpoint(f"{base}/{dir_name}", filesystem=fs).as_directory() as d:
+                return f"{base}/{dir_name}", load_state_file(d)
         except (CheckpointError, FileNotFoundError):
             continue
     return best
