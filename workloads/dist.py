@@ -32,7 +32,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     Every rank uses the gathered tensor in its own loss, so the gradient for rank r's rows is the sum
     of the gradients that all ranks computed for them. A backward that only returns the local slice
-    of the local gradient drops the other ranks' contributions (lightly issue 1528).
+    of the local gradient drops the other ranks' contributions.
     """
 
     @staticmethod
@@ -72,7 +72,7 @@ class _AllReduceWithGrad(torch.autograd.Function):
     When each rank's loss is the same function of y (a loss over the global batch), that is W·∂L/∂y, and
     DDP's average over the W ranks brings the parameters' gradients back to one process's. torch's in-place
     ``all_reduce``, which autograd does not see, drops the other ranks' share: 1/W of the gradients when the
-    loss is a function of the sum (lightly issue 1977), plain wrong ones when sums are nested.
+    loss is a function of the sum, plain wrong ones when sums are nested.
     """
 
     @staticmethod

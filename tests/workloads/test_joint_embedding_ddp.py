@@ -4,8 +4,8 @@ Both losses are statistics of the global batch: Barlow Twins' batch normalisatio
 matrix, VICReg's variance and covariance. The invariant: W workers with N images each give, on every worker,
 the loss of one process on all W·N images and, after DDP averages the gradients, its parameter gradients.
 The same check fails for a per-worker version (each worker's own statistics) and for a collective whose
-backward leaves out the other workers' share (the reference's all_reduce without autograd, lightly issue
-1977): the test can tell them apart.
+backward leaves out the other workers' share (the reference's all_reduce without autograd): the test can
+tell them apart.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _ddp_step(rank: int, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[st
 
 class _NoGradAllReduce(torch.autograd.Function):
     """The reference's ``torch.distributed.all_reduce(c)``: the sum in forward, autograd sees only the local
-    part, so backward passes the gradient through unchanged (lightly issue 1977)."""
+    part, so backward passes the gradient through unchanged."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -85,7 +85,7 @@ class _NoGradAllReduce(torch.autograd.Function):
 
 
 class _LocalSliceGather(torch.autograd.Function):
-    """A gather whose backward returns only this rank's slice of its own gradient (lightly issue 1528)."""
+    """A gather whose backward returns only this rank's slice of its own gradient."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:

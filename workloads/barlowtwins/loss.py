@@ -27,7 +27,7 @@ def barlow_twins_loss(z0: Tensor, z1: Tensor, lambd: float = LAMBDA) -> Tensor:
     every worker (``dist.all_reduce_with_grad``), so every worker's loss is the loss of the global batch
     and, after DDP averages the gradients, W workers train exactly as one process on all W·N images
     (the reference all-reduces C with torch's in-place all_reduce, which autograd does not see: its
-    gradients are 1/W of this, lightly issue 1977).
+    gradients are 1/W of this).
 
     Computed in (at least) float32 even under autocast: C's entries are sums over the batch of products
     of unit-variance values.
