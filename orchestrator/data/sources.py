@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
+from orchestrator.data import remote
 from orchestrator.errors import BadImageError, UserError
 from workloads.decode import decode_image, decode_whole
 
@@ -232,6 +233,8 @@ def list_image_folder(root: str, field: str = "data.root") -> FileListing:
     """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
     fs, base = _resolve(root, field)
     info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound and "://" in root:
+        raise remote.missing(field, root, fs, base)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"{field}: {root!r} is not a folder of class folders (root/<class>/<image>)")
     entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -261,6 +264,8 @@ def list_image_files(uri: str) -> FileListing:
     elif info.type == pafs.FileType.Directory:
         paths = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
                        if e.type == pafs.FileType.File and e.path.lower().endswith(IMG_EXTENSIONS))
+    elif "://" in uri:
+        raise remote.missing("data.uri", uri, fs, base)
     else:
         raise UserError(f"data.uri: {uri!r} does not exist")
     if not paths:
@@ -272,6 +277,8 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
     """Check that a Parquet URI exists before Ray Data reads it."""
     fs, path = _resolve(uri, "data.uri")
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        if "://" in uri:
+            raise remote.missing("data.uri", uri, fs, path)
         raise UserError(f"data.uri: {uri!r} does not exist")
     return fs, path
 
@@ -298,7 +305,12 @@ def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center
 
 
 def check_paths(source: str, root: str, uri: str, download: bool, eval_root: str = "") -> None:
-    """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
+    """Fail fast, before Ray starts, on a local path that does not exist, and on an object-store URI that
+    does not exist or cannot be read with this process's credentials."""
+    for field, value in (("data.root", root if source == "imagefolder" else ""),
+                         ("data.uri", uri if source in ("parquet", "images") else ""), ("data.eval_root", eval_root)):
+        if "://" in value:
+            remote.check(field, value)
     if eval_root and "://" not in eval_root and not os.path.isdir(eval_root):
         raise UserError(f"data.eval_root: no such folder {eval_root!r}; give a labelled ImageFolder tree "
                         f"(root/<class>/<image>, e.g. ImageNet's val/) or set data.eval_root= to train without it")

@@ -1,0 +1,90 @@
+"""Bad input and faults on the cluster's real parts, refused before Ray starts: a bucket on the S3 test
+endpoint and the MLflow server on PostgreSQL (tests/services.py). Each case runs the CLI's own entry point
+in this process, with the endpoint and credentials in its environment as a user's shell has them.
+
+Trainings through these parts are in test_train_e2e.py (data in a bucket, the tracking server),
+test_reliability.py (checkpoints in a bucket, resume, the endpoint going away) and tests/cluster (submit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from photos import class_ordered_parquet, image_folder
+from services import S3
+
+from cluster.services import free_port
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.slow  # every test here talks to the session's servers
+
+BASE = ["train", "--num-cpus", "2", "--object-store-mb", "300", "--epochs", "1"]
+
+
+@pytest.fixture
+def in_bucket(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A bucket with a class-folder tree of JPEG photos (``/tree``) and Parquet of them (``/photos.parquet``);
+    this process set up as a client of the endpoint (the variables pyarrow reads), with no tracking or Ray
+    settings of its own."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    bucket = s3.bucket()
+    s3.upload(image_folder(tmp_path / "tree", 2, 3), f"{bucket}/tree")
+    s3.upload(class_ordered_parquet(tmp_path / "photos.parquet", 2, 3), f"{bucket}/photos.parquet")
+    yield bucket
+
+
+def refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line of a refused ``simclr train``; nothing started (no Ray, no MLflow store)."""
+    code = main([*BASE, *args])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("simclr: error: "), err
+    assert not ray.is_initialized()
+    assert not Path("mlflow.db").exists()
+    return lines[0]
+
+
+def imagefolder(root: str) -> list[str]:
+    return ["--set", "data.source=imagefolder", "--set", f"data.root={root}"]
+
+
+def parquet(uri: str) -> list[str]:
+    return ["--set", "data.source=parquet", "--set", f"data.uri={uri}"]
+
+
+def test_a_missing_bucket_or_prefix_says_so_naming_the_field(
+        in_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(imagefolder("s3://no-such-bucket-7f3a/tree"), capsys)
+    assert "data.root: the bucket 'no-such-bucket-7f3a' of s3://no-such-bucket-7f3a/tree does not exist" in line
+    assert "class folders" not in line  # not a message about the folder's layout
+    line = refused(parquet(f"{in_bucket}/no-such.parquet"), capsys)
+    assert f"data.uri: nothing at {in_bucket}/no-such.parquet" in line and "'no-such.parquet'" in line
+    line = refused(["--set", "data.source=images", "--set", f"data.uri={in_bucket}/no-such-prefix/"], capsys)
+    assert line.startswith(f"simclr: error: data.uri: nothing at {in_bucket}/no-such-prefix")
+    line = refused([*imagefolder(f"{in_bucket}/tree"), "--set", f"data.eval_root={in_bucket}/val"], capsys)
+    assert "data.eval_root: nothing at" in line
+    line = refused(["--set", "train.storage_path=s3://no-such-bucket-7f3a/runs"], capsys)
+    assert line.startswith("simclr: error: train.storage_path: cannot write to s3://no-such-bucket-7f3a/runs")
+
+
+def test_refused_credentials_and_an_endpoint_that_does_not_answer_are_one_line(
+        in_bucket: str, s3: S3, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with s3.refusing_credentials():
+        line = refused(parquet(f"{in_bucket}/photos.parquet"), capsys)
+        assert f"data.uri: cannot read {in_bucket}/photos.parquet" in line and "ACCESS_DENIED" in line
+        assert "AWS_ACCESS_KEY_ID" in line  # what to check
+        line = refused(["--set", f"train.storage_path={in_bucket}/runs"], capsys)
+        assert f"train.storage_path: cannot write to {in_bucket}/runs" in line and "ACCESS_DENIED" in line
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    line = refused(imagefolder(f"{in_bucket}/tree"), capsys)
+    assert f"data.root: cannot read {in_bucket}/tree" in line and "AWS_ENDPOINT_URL" in line
+    assert s3.server.secret not in line
+

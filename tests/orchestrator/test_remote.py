@@ -1,0 +1,34 @@
+"""The wording of a missing object-store location: the bucket, or the prefix in it, named as such.
+
+On a filesystem laid out as a store is (the first path component is the bucket); the same code runs
+against the S3 test endpoint in test_object_store.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from orchestrator.data.remote import missing
+
+
+def store(tmp_path: Path) -> pafs.FileSystem:
+    (tmp_path / "photos" / "train" / "a").mkdir(parents=True)
+    return pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+
+
+def test_a_missing_bucket_is_named_as_the_bucket(tmp_path: Path) -> None:
+    err = missing("data.root", "s3://nope/train", store(tmp_path), "nope/train")
+    assert str(err).startswith("data.root: the bucket 'nope' of s3://nope/train does not exist")
+
+
+def test_a_missing_prefix_names_the_bucket_and_the_prefix(tmp_path: Path) -> None:
+    err = missing("data.uri", "s3://photos/val", store(tmp_path), "photos/val")
+    assert str(err).startswith("data.uri: nothing at s3://photos/val: bucket 'photos' has no object or prefix 'val'")
+
+
+def test_credentials_in_the_uri_are_not_repeated(tmp_path: Path) -> None:
+    err = missing("data.uri", "s3://AKIA:s3cr3t@nope/x", store(tmp_path), "nope/x")
+    assert "s3cr3t" not in str(err) and "s3://***@nope/x" in str(err)
+
