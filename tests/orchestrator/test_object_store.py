@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from mlflow.tracking import MlflowClient
 from photos import class_ordered_parquet, image_folder
-from services import S3
+from services import S3, TrackingServer
 
 from cluster.services import free_port
 from orchestrator.cli import main
@@ -87,4 +88,13 @@ def test_refused_credentials_and_an_endpoint_that_does_not_answer_are_one_line(
     line = refused(imagefolder(f"{in_bucket}/tree"), capsys)
     assert f"data.root: cannot read {in_bucket}/tree" in line and "AWS_ENDPOINT_URL" in line
     assert s3.server.secret not in line
+
+
+def test_a_tracking_server_whose_database_is_down_is_one_line_before_ray_starts(
+        in_bucket: str, tracking_server: TrackingServer, capsys: pytest.CaptureFixture[str]) -> None:
+    MlflowClient(tracking_uri=tracking_server.uri).search_experiments()  # a server in use, then its database stops
+    with tracking_server.database_down():
+        line = refused(["--tracking-uri", tracking_server.uri, *imagefolder(f"{in_bucket}/tree")], capsys)
+    assert line.startswith(f"simclr: error: tracking.uri: the MLflow server at {tracking_server.uri} answers 5")
+    assert "database" in line
 
