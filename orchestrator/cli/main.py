@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt)")
+    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt), local or in a bucket (s3://...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override data.* / eval.* fields of the checkpoint's config, e.g. the dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run's)")

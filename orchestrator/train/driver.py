@@ -39,8 +39,8 @@ from orchestrator.interrupt import StopFlag, run_interruptibly
 from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking import record as mlflow_record
-from orchestrator.tracking.tags import COMPLETE_TAG, DATA_PREPARED_BY_TAG
-from orchestrator.train.checkpoint import load_state_file
+from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, DATA_PREPARED_BY_TAG
+from orchestrator.train.checkpoint import checkpoint_uri, load_state_file
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
 from orchestrator.train.progress import NonFiniteLossError, check_fatal
@@ -264,9 +264,11 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     # from here: the driver's node either hosts workers too (a local run: the same numbers twice) or
     # trains nothing (the head, for a submitted job)
     result, stopped = run_interruptibly(trainer.fit, stop_flag, _poller(stop_flag, quiet))
+    where = checkpoint_uri(cfg.train.storage_path, result.checkpoint) if result.checkpoint else ""
+    if where:
+        tracking.set_tags(client, run_id, {CHECKPOINT_TAG: where})
     if stopped:
-        where = result.checkpoint.path if result.checkpoint else "-"
-        raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
+        raise TrainingInterrupted(f"stopped with a checkpoint at {where or '-'}; resume with --name {cfg.train.name}")
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -283,7 +285,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, client: Any, u
     if complete:
         log_encoder(payload, run_id, uri, cfg)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainOutcome(run_id, cfg.train.name, exp_id, uri, result.checkpoint.path, complete, metrics)
+    return TrainOutcome(run_id, cfg.train.name, exp_id, uri, where, complete, metrics)
 
 
 def _torch_trainer(job: TrainJob, datasets: dict[str, Any], cpw: float, callbacks: Sequence[Any]) -> TorchTrainer:

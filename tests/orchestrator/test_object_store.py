@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from photos import class_ordered_parquet, image_folder
 from services import S3, TrackingServer
+from test_export import write_checkpoint
 
 from cluster.services import free_port
 from orchestrator.cli import main
+from workloads.config import Config
 
 pytestmark = pytest.mark.slow  # every test here talks to the session's servers
 
@@ -98,3 +101,21 @@ def test_a_tracking_server_whose_database_is_down_is_one_line_before_ray_starts(
     assert line.startswith(f"simclr: error: tracking.uri: the MLflow server at {tracking_server.uri} answers 5")
     assert "database" in line
 
+
+def test_export_reads_a_checkpoint_in_a_bucket(in_bucket: str, s3: S3, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`simclr export s3://…/checkpoint_…`: the backbone of a checkpoint kept in a bucket, as torchvision loads it."""
+    import torchvision
+
+    model = write_checkpoint(tmp_path / "ckpt", Config().replace({"model.arch": "resnet18", "model.cifar_stem": False}))
+    checkpoint = s3.upload(tmp_path / "ckpt", f"{in_bucket}/runs/r/checkpoint_epoch_00001")
+    assert main(["export", checkpoint, "-o", str(tmp_path / "r18.pt")]) == 0, capsys.readouterr().err
+    net = torchvision.models.resnet18()
+    net.load_state_dict(torch.load(tmp_path / "r18.pt"), strict=True)
+    net.fc = torch.nn.Identity()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(images), model.eval().get_submodule("encoder")(images), atol=1e-5)
+    assert main(["export", f"{in_bucket}/runs/r/checkpoint_epoch_00009", "-o", str(tmp_path / "x.pt")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"simclr: error: checkpoint: cannot read state.pt of {in_bucket}/runs/r/checkpoint_epoch")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from orchestrator.data.remote import missing
+from orchestrator.train.checkpoint import checkpoint_uri
 
 
 def store(tmp_path: Path) -> pafs.FileSystem:
@@ -32,3 +33,11 @@ def test_credentials_in_the_uri_are_not_repeated(tmp_path: Path) -> None:
     err = missing("data.uri", "s3://AKIA:s3cr3t@nope/x", store(tmp_path), "nope/x")
     assert "s3cr3t" not in str(err) and "s3://***@nope/x" in str(err)
 
+
+def test_a_checkpoint_in_a_bucket_is_named_by_its_uri() -> None:
+    from ray.train import Checkpoint  # Ray keeps a checkpoint's path inside its filesystem, without the scheme
+
+    in_bucket = Checkpoint("b/runs/r/checkpoint_epoch_00002", filesystem=pafs.LocalFileSystem())
+    assert checkpoint_uri("s3://b/runs", in_bucket) == "s3://b/runs/r/checkpoint_epoch_00002"
+    local = Checkpoint("/data/runs/r/checkpoint_epoch_00002", filesystem=pafs.LocalFileSystem())
+    assert checkpoint_uri("/data/runs", local) == "/data/runs/r/checkpoint_epoch_00002"
