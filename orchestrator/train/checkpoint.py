@@ -22,6 +22,10 @@ from orchestrator.train import faults
 from workloads.config import Config
 
 STATE_FILE = "state.pt"
+# Attempts of a storage request that meets a transient error (the endpoint away, throttling, a 5xx). The
+# AWS SDK backs off exponentially, up to 20 s between attempts: 12 wait out about two minutes of outage,
+# pyarrow's default of 3 only a few seconds.
+STORAGE_ATTEMPTS = 12
 
 
 class CheckpointError(RuntimeError):
@@ -104,6 +108,24 @@ def checkpoint_uri(storage: str, checkpoint: ray.train.Checkpoint) -> str:
     return f"{scheme}://{str(checkpoint.path).lstrip('/')}"
 
 
+def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of ``train.storage_path`` where a run's checkpoints are written and read.
+
+    In S3 (or a store with its API), a request that meets a transient error is retried for about two
+    minutes (``STORAGE_ATTEMPTS``) instead of seconds: while the endpoint is briefly away, a checkpoint
+    upload, Ray Train's snapshot of its checkpoints and a restarted worker's look-up wait for it rather
+    than fail the run. Errors that are not transient (a refused key, a missing bucket) fail at once.
+    """
+    if "://" not in storage:
+        return pafs.LocalFileSystem(), os.path.abspath(storage)
+    fs, path = pafs.FileSystem.from_uri(storage)
+    if isinstance(fs, pafs.S3FileSystem):
+        _, (options,) = fs.__reduce__()  # the options from_uri resolved: region, endpoint, credentials
+        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS)
+        fs = pafs.S3FileSystem(**{**options, "retry_strategy": retry})
+    return fs, path
+
+
 def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None
                       ) -> tuple[str, dict[str, Any]] | None:
     """The newest complete checkpoint of the run: Ray's registered one, or a newer one on storage.
@@ -120,7 +142,7 @@ def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint 
                 best = (registered.path, load_state_file(d))
         except CheckpointError:
             best = None
-    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + os.path.abspath(storage))
+    fs, base = storage_filesystem(storage)
     entries = fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True))
     names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
                     and e.base_name.startswith("checkpoint_epoch_")), reverse=True)

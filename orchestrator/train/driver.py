@@ -40,7 +40,7 @@ from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking import record as mlflow_record
 from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, DATA_PREPARED_BY_TAG
-from orchestrator.train.checkpoint import checkpoint_uri, load_state_file
+from orchestrator.train.checkpoint import checkpoint_uri, load_state_file, storage_filesystem
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
 from orchestrator.train.progress import NonFiniteLossError, check_fatal
@@ -297,13 +297,15 @@ def _torch_trainer(job: TrainJob, datasets: dict[str, Any], cpw: float, callback
     # chunks reach the workers in the epoch's order (with one worker the stream is the same every run)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    # a bucket through a filesystem that waits out a brief outage (local paths: Ray's own handling)
+    fs, path = storage_filesystem(cfg.train.storage_path) if "://" in cfg.train.storage_path else (None, "")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=cfg.train.name, storage_path=cfg.train.storage_path,
+            name=cfg.train.name, storage_path=path or cfg.train.storage_path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=list(callbacks),
