@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from orchestrator.secrets import redact
 from workloads.config import Config
 from workloads.method import MEAN, STD
 
@@ -41,7 +42,7 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    where = cfg.data.uri or cfg.data.root
+    where = redact(data_location(cfg))
     source: Any = CodeDatasetSource({"data.source": cfg.data.source})
     if where:
         try:
@@ -62,6 +63,13 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
     return ImageDataset(source=source, name=cfg.data.source, digest=digest)
+
+
+def data_location(cfg: Config) -> str:
+    """The folder, file or bucket URI the run's images come from ("" for generated or packaged data)."""
+    if cfg.data.source in ("parquet", "images"):
+        return cfg.data.uri
+    return "" if cfg.data.source in ("digits", "synthetic") else cfg.data.root
 
 
 def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_classes: int) -> None:
