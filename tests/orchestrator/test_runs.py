@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, tracking
-from orchestrator.cli.runs import server_command, sort_records
+from orchestrator.cli.runs import format_table, server_command, sort_records
 
 # name, parent, temperature, knn_top1, loss, status, extra tags
 RUNS: list[tuple[str, str, float, float, float, str, dict[str, str]]] = [
@@ -100,6 +100,15 @@ def test_runs_of_an_unknown_sweep_is_one_line_and_exit_2(store: dict[str, Any],
     code = cli.main(["runs", "--tracking-uri", store["uri"], "--sweep", "nope"])
     err = capfd.readouterr().err
     assert code == cli.EXIT_USER_ERROR and err.count("\n") == 1 and "nope" in err
+
+
+def test_where_adds_the_data_and_checkpoint_columns() -> None:
+    record = {"run_name": "r", "kind": "train", "status": "FINISHED", "note": "", "params": {}, "metrics": {},
+              "data": "s3://b/photos/train", "checkpoint": "s3://b/runs/r/checkpoint_epoch_00002"}
+    header, row = format_table([record], [], [], where=True).splitlines()
+    assert header.split()[-2:] == ["data", "checkpoint"]
+    assert row.split()[-2:] == ["s3://b/photos/train", "s3://b/runs/r/checkpoint_epoch_00002"]
+    assert "s3://" not in format_table([record], [], [])  # without --where, the table stays narrow
 
 
 def test_sort_records_keeps_runs_without_the_key_last() -> None:
