@@ -108,10 +108,12 @@ def runtime_env(tracking_uri: str = "", root: Path | None = None) -> dict[str, A
 
     ``RAY_JOB_STOP_WAIT_TIME_S``: ``simclr jobs stop`` (and ``ray job stop``) send SIGTERM to the job,
     and Ray's job supervisor, which reads this from the job's env_vars, SIGKILLs it 3 s later by default:
-    too soon for a training to save its checkpoint and end its MLflow run KILLED. Object-store
-    credentials never travel here: they come from the nodes' role (instance profile / IRSA).
+    too soon for a training to save its checkpoint and end its MLflow run KILLED.
+    ``MLFLOW_DISABLE_TELEMETRY``: on every node of the job, for the reason ``simclr`` sets it for itself
+    (orchestrator/cli/main.py: MLflow's telemetry thread changes os.environ under HTTP requests).
+    Object-store credentials never travel here: they come from the nodes' role (instance profile / IRSA).
     """
-    env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+    env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "MLFLOW_DISABLE_TELEMETRY": "true"}
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     return {"working_dir": str(root or project_root()), "excludes": list(WORKING_DIR_EXCLUDES), "env_vars": env_vars}

@@ -104,6 +104,11 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.interrupt import exit_code, sigterm_as_interrupt
 
+    # MLflow's usage telemetry sets and removes a variable of os.environ from a background thread; an
+    # HTTP request to a tracking server that reads the environment at that moment fails ("API request to
+    # .../runs/log-batch failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"). Off unless the user set
+    # it; the local Ray's workers inherit this environment.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = build_parser()
     args = parser.parse_args(argv)
     sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C
