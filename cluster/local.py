@@ -1,18 +1,18 @@
 """A cluster's real parts on one machine, to try the cluster path before paying for one:
 
-    python -m cluster.local up [--workers N] [--cpus-per-node C] [--bucket NAME] [--dir DIR]
-    source DIR/env.sh
+    eval "$(python -m cluster.local up [--workers N] [--cpus-per-node C] [--bucket NAME] [--dir DIR])"
     python -m cluster.local status
+    eval "$(python -m cluster.local env)"    # in another shell
     python -m cluster.local down
 
 ``up`` starts, as local processes on 127.0.0.1: an S3 endpoint (moto's server) with one bucket,
 PostgreSQL with an MLflow tracking server on it (runs in the database, artifacts proxied to the bucket),
 and a token-protected Ray cluster of a head and N worker nodes whose processes see the bucket as a
-cloud node sees it through its role. It writes DIR/env.sh: the variables that point ``simclr``, Ray,
-MLflow, pyarrow and boto3 at these parts, the same ones a real cluster's users set to their endpoint,
-bucket, tracking server and token (docs/CLUSTER.md). ``down`` stops every process it started and
-deletes what it wrote in DIR. Only what ``up`` recorded in DIR/state.json is stopped; nothing else on the
-machine.
+cloud node sees it through its role. It prints (and ``env`` prints again, and DIR/env.sh holds) the
+``export`` lines that point ``simclr``, Ray, MLflow, pyarrow and boto3 at these parts, the same variables
+a real cluster's users set to their endpoint, bucket, tracking server and token (docs/CLUSTER.md).
+``down`` stops every process ``up`` recorded in DIR/state.json, nothing else on the machine, and deletes
+what it wrote in DIR.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _ray_nodes(dashboard: str, token_file: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("up", "down", "status"))
+    p.add_argument("command", choices=("up", "down", "status", "env"))
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"the stack's folder (default {DEFAULT_DIR})")
     p.add_argument("--workers", type=int, default=1, help="up: Ray worker nodes besides the head (default 1)")
     p.add_argument("--cpus-per-node", type=int, default=3, help="up: logical CPUs of each Ray node (default 3)")
@@ -175,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ServiceError("--workers must be >= 0 and --cpus-per-node >= 1")
             stack = up(folder, args.workers, args.cpus_per_node, args.bucket, args.object_store_mb)
             print(env_script(stack.env()), end="")
-            print(f"# up: {args.workers + 1} Ray nodes, bucket s3://{args.bucket}; `source {folder / ENV_FILE}` "
-                  f"to use it, `python -m cluster.local down` to stop it", file=sys.stderr)
+            print(f"cluster.local: up: {args.workers + 1} Ray nodes, bucket s3://{args.bucket}, state in {folder}; "
+                  f"`python -m cluster.local down` stops it", file=sys.stderr)
             return 0
         state = load_state(folder)
+        if args.command == "env":
+            print(env_script(state["env"]), end="")
+            return 0
         if args.command == "down":
             down(state)
             remove_files(folder)

@@ -38,10 +38,14 @@ def test_down_deletes_what_up_wrote_and_nothing_else(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_status_shows_every_part_up(stack: Stack) -> None:
+def test_status_shows_every_part_up_and_env_prints_the_variables(stack: Stack) -> None:
     proc = subprocess.run([sys.executable, "-m", "cluster.local", "status", "--dir", str(stack.folder)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     parts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()}
     assert parts == {"s3": "up", "postgres": "up", "mlflow": "up", "ray": "up"}, proc.stdout
     assert re.search(r"\((\d+) of \1 nodes alive\)", proc.stdout), proc.stdout
+    # `env` prints again what `up` printed for the shell to eval
+    env = subprocess.run([sys.executable, "-m", "cluster.local", "env", "--dir", str(stack.folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert env.returncode == 0 and env.stdout == env_script(stack.env()), env.stdout + env.stderr
