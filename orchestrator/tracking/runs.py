@@ -126,6 +126,10 @@ def start_run(client: MlflowClient, exp_id: str, run_name: str, params: Mapping[
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """A stopped or failed run resumed: RUNNING again, without the ``error`` tag of how it last ended
+    (else a run that then finishes still shows the stop's message in ``simclr runs``)."""
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
     client.update_run(run_id, status="RUNNING")
 
 

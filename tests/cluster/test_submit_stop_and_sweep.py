@@ -62,6 +62,7 @@ def test_jobs_stop_ends_the_run_killed_with_a_checkpoint_in_the_bucket_and_the_s
     assert "SUCCEEDED" in again.stderr and f"after epoch {epoch}" in again.stderr
     resumed = find_run(uri, "stopped")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert "error" not in resumed.data.tags  # the stop's message went with the stop
     steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # each epoch once
     assert resumed.data.tags[CHECKPOINT_TAG] == f"{storage}/stopped/checkpoint_epoch_{EPOCHS:05d}"

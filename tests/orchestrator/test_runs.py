@@ -179,3 +179,16 @@ def test_ui_without_a_store_is_one_line_and_exit_2(tmp_path: Path, capfd: pytest
     code = cli.main(["ui", "--tracking-uri", str(tmp_path / "missing.db")])
     err = capfd.readouterr().err
     assert code == cli.EXIT_USER_ERROR and err.count("\n") == 1 and "no MLflow store" in err
+
+
+def test_a_resumed_run_loses_the_error_of_how_it_last_ended(tmp_path: Path) -> None:
+    uri = tracking.resolve_uri(str(tmp_path / "mlflow.db"))
+    client = tracking.client_for(uri)
+    run_id = tracking.start_run(client, tracking.experiment_id(client, "simclr", uri), "r", {}, {})
+    tracking.end_run(client, run_id, "KILLED", "stopped with a checkpoint at s3://b/runs/r/checkpoint_x")
+    tracking.reopen_run(client, run_id)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and "error" not in run.data.tags
+    tracking.end_run(client, run_id, "FINISHED")
+    tracking.reopen_run(client, run_id)  # a run without the tag reopens as before
+    assert client.get_run(run_id).info.status == "RUNNING"
