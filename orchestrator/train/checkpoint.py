@@ -121,9 +121,23 @@ def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
     fs, path = pafs.FileSystem.from_uri(storage)
     if isinstance(fs, pafs.S3FileSystem):
         _, (options,) = fs.__reduce__()  # the options from_uri resolved: region, endpoint, credentials
-        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS)
-        fs = pafs.S3FileSystem(**{**options, "retry_strategy": retry})
+        fs = _patient_s3(options)
     return fs, path
+
+
+class _PatientS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with ``STORAGE_ATTEMPTS`` retries, kept when it is pickled to Ray Train's
+    controller and workers: pyarrow's own pickling leaves the retry strategy out, and the copy retries
+    as pyarrow does by default (a few seconds)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        _, (options,) = super().__reduce__()
+        return _patient_s3, (options,)
+
+
+def _patient_s3(options: dict[str, Any]) -> _PatientS3FileSystem:
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS)
+    return _PatientS3FileSystem(**{**options, "retry_strategy": retry})
 
 
 def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None

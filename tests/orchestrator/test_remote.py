@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
 
 from orchestrator.data.remote import missing
 from orchestrator.train.checkpoint import checkpoint_uri
@@ -41,3 +42,36 @@ def test_a_checkpoint_in_a_bucket_is_named_by_its_uri() -> None:
     assert checkpoint_uri("s3://b/runs", in_bucket) == "s3://b/runs/r/checkpoint_epoch_00002"
     local = Checkpoint("/data/runs/r/checkpoint_epoch_00002", filesystem=pafs.LocalFileSystem())
     assert checkpoint_uri("/data/runs", local) == "/data/runs/r/checkpoint_epoch_00002"
+
+
+def test_the_storage_keeps_its_retries_when_pickled_to_rays_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train pickles train.storage_path's filesystem to its controller and workers; each request of
+    the copy that meets an unreachable endpoint is tried STORAGE_ATTEMPTS times, not pyarrow's default."""
+    import pickle
+    import socket
+    import threading
+
+    from orchestrator.train import checkpoint
+
+    endpoint = socket.socket()  # accepts and drops every connection: an S3 endpoint that does not answer
+    endpoint.bind(("127.0.0.1", 0))
+    endpoint.listen(64)
+    tries = []
+
+    def drop() -> None:
+        while True:
+            conn, _ = endpoint.accept()
+            tries.append(1)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.getsockname()[1]}", "AWS_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(checkpoint, "STORAGE_ATTEMPTS", 4)
+    fs, path = checkpoint.storage_filesystem("s3://bucket/runs")
+    copy = pickle.loads(pickle.dumps(fs))
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"), copy.open_input_stream(f"{path}/state.pt"):
+        pass
+    assert len(tries) == 4
+    endpoint.close()
