@@ -41,7 +41,7 @@ from common import emit_json, load_now, machine, median, say, table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import image_folder
 
-from orchestrator.data import prepare
+from orchestrator.data.prepare import prepare
 from orchestrator.data.stream import EpochClock, RowStore, train_stream
 from workloads.config import Config
 from workloads.methods import method, recipe

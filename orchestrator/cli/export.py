@@ -13,6 +13,7 @@ import argparse
 import os
 from typing import Any, TextIO
 
+from orchestrator import storage
 from orchestrator.errors import UserError
 
 FORMATS = ("torchvision", "timm")
@@ -60,7 +61,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
     from orchestrator.train.checkpoint import CheckpointError, read_checkpoint
 
-    if "://" not in args.checkpoint and not os.path.isdir(args.checkpoint):
+    if storage.missing_locally(args.checkpoint, folder=True):
         raise UserError(f"checkpoint: no such folder {args.checkpoint}")
     try:
         payload = read_checkpoint(args.checkpoint)  # a local folder or a bucket URI

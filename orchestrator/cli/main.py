@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from orchestrator.cli.flags import EXIT_USER_ERROR, Parser, config_flags, config_overrides, ray_flags, ray_options
-from orchestrator.errors import UserError
+from orchestrator.errors import NonFiniteLossError, UserError
 from orchestrator.secrets import redact, redact_values
 from workloads.config import ConfigError
 
@@ -101,6 +101,18 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
         real.close()
 
 
+def training_failed(err: Exception) -> bool:
+    """Ray Train's report that the workers or its controller failed (a worker error, a lost node past
+    ``train.max_failures``), or a failure a restart would only repeat: exit 1, not a traceback."""
+    if isinstance(err, NonFiniteLossError):
+        return True
+    if "ray.train" not in sys.modules:  # nothing trained in this process
+        return False
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    return isinstance(err, TrainingFailedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.interrupt import exit_code, sigterm_as_interrupt
 
@@ -122,10 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simclr: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
-        if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError",
-                                      "NonFiniteLossError"):
+        if not training_failed(err):
             raise  # a bug: keep the traceback
-        from orchestrator.train.driver import failure_message
+        from orchestrator.train.run import failure_message
 
         print(f"simclr: training failed: {redact(failure_message(err))} (worker logs above)", file=sys.stderr)
         return 1

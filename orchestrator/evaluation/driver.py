@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from orchestrator import tracking
+from orchestrator import storage, tracking
 from orchestrator.config_io import parse_assignment
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
@@ -22,7 +22,7 @@ from workloads.config import Config
 
 def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None,
                         ray_opts: RayOptions) -> dict[str, Any]:
-    if "://" not in path and not os.path.isfile(os.path.join(path, STATE_FILE)):
+    if not storage.is_uri(path) and not os.path.isfile(os.path.join(path, STATE_FILE)):
         raise UserError(f"checkpoint: no {STATE_FILE} in {path!r}; pass a checkpoint folder of a simclr run "
                         f"(e.g. simclr_runs/NAME/checkpoint_epoch_00025)")
     try:

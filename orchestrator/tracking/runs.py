@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import UserError
 from orchestrator.secrets import redact
+from orchestrator.storage import is_uri
 from orchestrator.tracking.tags import EXPERIMENT_KIND_TAG, RUN_NAME_TAG
 
 EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
@@ -31,7 +32,7 @@ def resolve_uri(uri: str = "") -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return "sqlite:///" + os.path.abspath("mlflow.db")
-    if "://" not in uri:  # a bare path: a sqlite file
+    if not is_uri(uri):  # a bare path: a sqlite file
         return "sqlite:///" + os.path.abspath(uri)
     return uri
 

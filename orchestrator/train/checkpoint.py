@@ -17,15 +17,12 @@ import ray.train
 import torch
 from torch import nn
 
+from orchestrator import storage
 from orchestrator.secrets import redact
 from orchestrator.train import faults
 from workloads.config import Config
 
 STATE_FILE = "state.pt"
-# Attempts of a storage request that meets a transient error (the endpoint away, throttling, a 5xx). The
-# AWS SDK backs off exponentially, up to 20 s between attempts: 12 wait out about two minutes of outage,
-# pyarrow's default of 3 only a few seconds.
-STORAGE_ATTEMPTS = 12
 
 
 class CheckpointError(RuntimeError):
@@ -73,16 +70,16 @@ def load_state_file(path: str) -> dict[str, Any]:
 def read_checkpoint(location: str) -> dict[str, Any]:
     """The state of the checkpoint folder at ``location``: a local path, or a URI in an object store
     (``s3://bucket/runs/NAME/checkpoint_epoch_00010``), read whole into memory."""
-    if "://" not in location:
+    if not storage.is_uri(location):
         return load_state_file(location)
     try:
-        fs, base = pafs.FileSystem.from_uri(location.rstrip("/"))
+        fs, base = storage.filesystem(location.rstrip("/"))
         with fs.open_input_stream(f"{base}/{STATE_FILE}") as f:
             data = f.read()
     except (OSError, ValueError) as err:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot open
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read {STATE_FILE} of {redact(location)} ({redact(first)[:300]}); pass a "
-                              f"checkpoint folder of a simclr run") from err
+        reason = redact(storage.first_line(err))[:300]
+        raise CheckpointError(f"cannot read {STATE_FILE} of {redact(location)} ({reason}); pass a checkpoint "
+                              f"folder of a simclr run") from err
     return _parse(io.BytesIO(data), location)
 
 
@@ -99,48 +96,16 @@ def _parse(file: str | io.BytesIO, where: str) -> dict[str, Any]:
     return payload
 
 
-def checkpoint_uri(storage: str, checkpoint: ray.train.Checkpoint) -> str:
+def checkpoint_uri(storage_root: str, checkpoint: ray.train.Checkpoint) -> str:
     """Where a checkpoint Ray Train registered lives, as a user passes it to ``simclr eval``: a local path,
     or the storage's URI (Ray keeps the path inside the bucket, without its scheme)."""
-    if "://" not in storage:
+    if not storage.is_uri(storage_root):
         return str(checkpoint.path)
-    scheme = storage.split("://", 1)[0]
+    scheme = storage_root.split(storage.SCHEME, 1)[0]
     return f"{scheme}://{str(checkpoint.path).lstrip('/')}"
 
 
-def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of ``train.storage_path`` where a run's checkpoints are written and read.
-
-    In S3 (or a store with its API), a request that meets a transient error is retried for about two
-    minutes (``STORAGE_ATTEMPTS``) instead of seconds: while the endpoint is briefly away, a checkpoint
-    upload, Ray Train's snapshot of its checkpoints and a restarted worker's look-up wait for it rather
-    than fail the run. Errors that are not transient (a refused key, a missing bucket) fail at once.
-    """
-    if "://" not in storage:
-        return pafs.LocalFileSystem(), os.path.abspath(storage)
-    fs, path = pafs.FileSystem.from_uri(storage)
-    if isinstance(fs, pafs.S3FileSystem):
-        _, (options,) = fs.__reduce__()  # the options from_uri resolved: region, endpoint, credentials
-        fs = _patient_s3(options)
-    return fs, path
-
-
-class _PatientS3FileSystem(pafs.S3FileSystem):
-    """pyarrow's S3 filesystem with ``STORAGE_ATTEMPTS`` retries, kept when it is pickled to Ray Train's
-    controller and workers: pyarrow's own pickling leaves the retry strategy out, and the copy retries
-    as pyarrow does by default (a few seconds)."""
-
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        _, (options,) = super().__reduce__()
-        return _patient_s3, (options,)
-
-
-def _patient_s3(options: dict[str, Any]) -> _PatientS3FileSystem:
-    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS)
-    return _PatientS3FileSystem(**{**options, "retry_strategy": retry})
-
-
-def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None
+def latest_checkpoint(storage_root: str, name: str, registered: ray.train.Checkpoint | None
                       ) -> tuple[str, dict[str, Any]] | None:
     """The newest complete checkpoint of the run: Ray's registered one, or a newer one on storage.
 
@@ -156,16 +121,16 @@ def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint 
                 best = (registered.path, load_state_file(d))
         except CheckpointError:
             best = None
-    fs, base = storage_filesystem(storage)
-    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True))
+    fs, base = storage.patient_filesystem(storage.join(storage_root, name))
+    entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
                     and e.base_name.startswith("checkpoint_epoch_")), reverse=True)
     for dir_name in names:
         if best is not None and dir_name <= os.path.basename(best[0].rstrip("/")):
             break  # sorted newest first: nothing newer than the registered one is left
         try:
-            with ray.train.Checkpoint(f"{base}/{name}/{dir_name}", filesystem=fs).as_directory() as d:
-                return f"{base}/{name}/{dir_name}", load_state_file(d)
+            with ray.train.Checkpoint(f"{base}/{dir_name}", filesystem=fs).as_directory() as d:
+                return f"{base}/{dir_name}", load_state_file(d)
         except (CheckpointError, FileNotFoundError):
             continue
     return best

@@ -251,6 +251,25 @@ def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_
     assert SECRET not in Path(config).read_text()
 
 
+@pytest.mark.slow
+def test_an_unreadable_file_found_while_training_under_fail_fails_the_run_naming_it(tmp_path: Path) -> None:
+    """Files decoded in each epoch's tasks (data.cache_decoded=false): the stream's error reaches the
+    driver inside Ray's wrappers and is found there by its class."""
+    write_tree_with_bad_images(tmp_path / "tree")
+    args = ["--epochs", "1", "--name", "bad", "--set", "data.source=imagefolder", "--set",
+            f"data.root={tmp_path / 'tree'}", "--set", "data.bad_images=fail", "--set", "data.cache_decoded=false",
+            "--set", "data.holdout_fraction=0", "--set", "train.workers=1", "--set", "train.max_failures=0"]
+    proc = subprocess.run(cli(tmp_path, *args), cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    (line,) = simclr_lines(proc.stderr)
+    assert line.startswith(f"simclr: training failed: unreadable image {tmp_path / 'tree'}/"), line
+    assert "data.bad_images=skip" in line
+    run = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")[1]
+    assert run.info.status == "FAILED"  # type: ignore[attr-defined]
+    assert run.data.tags["error"].startswith("unreadable image ")  # type: ignore[attr-defined]
+
+
 # --- MLflow away -------------------------------------------------------------------------------------------
 
 

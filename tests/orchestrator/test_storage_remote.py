@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from orchestrator.data.remote import missing
+from orchestrator import storage
+from orchestrator.storage import missing_remote as missing
 from orchestrator.train.checkpoint import checkpoint_uri
 
 
@@ -51,8 +52,6 @@ def test_the_storage_keeps_its_retries_when_pickled_to_rays_processes(monkeypatc
     import socket
     import threading
 
-    from orchestrator.train import checkpoint
-
     endpoint = socket.socket()  # accepts and drops every connection: an S3 endpoint that does not answer
     endpoint.bind(("127.0.0.1", 0))
     endpoint.listen(64)
@@ -60,7 +59,10 @@ def test_the_storage_keeps_its_retries_when_pickled_to_rays_processes(monkeypatc
 
     def drop() -> None:
         while True:
-            conn, _ = endpoint.accept()
+            try:
+                conn, _ = endpoint.accept()
+            except OSError:  # the test closed the endpoint
+                return
             tries.append(1)
             conn.close()
 
@@ -68,8 +70,8 @@ def test_the_storage_keeps_its_retries_when_pickled_to_rays_processes(monkeypatc
     for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.getsockname()[1]}", "AWS_REGION": "us-east-1",
                        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(checkpoint, "STORAGE_ATTEMPTS", 4)
-    fs, path = checkpoint.storage_filesystem("s3://bucket/runs")
+    monkeypatch.setattr(storage, "STORAGE_ATTEMPTS", 4)
+    fs, path = storage.patient_filesystem("s3://bucket/runs")
     copy = pickle.loads(pickle.dumps(fs))
     with pytest.raises(OSError, match="NETWORK_CONNECTION"), copy.open_input_stream(f"{path}/state.pt"):
         pass
