@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt)")
+    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt), local or in a bucket (s3://...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override data.* / eval.* fields of the checkpoint's config, e.g. the dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run's)")
@@ -116,6 +116,11 @@ def training_failed(err: Exception) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.interrupt import exit_code, sigterm_as_interrupt
 
+    # MLflow's usage telemetry sets and removes a variable of os.environ from a background thread; an
+    # HTTP request to a tracking server that reads the environment at that moment fails ("API request to
+    # .../runs/log-batch failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"). Off unless the user set
+    # it; the local Ray's workers inherit this environment.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = build_parser()
     args = parser.parse_args(argv)
     sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from orchestrator import tracking
+from orchestrator import storage, tracking
 from orchestrator.config_io import parse_assignment
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
 from orchestrator.evaluation.monitor import LabelledImages, evaluate
-from orchestrator.train.checkpoint import STATE_FILE, load_state_file
+from orchestrator.train.checkpoint import STATE_FILE, CheckpointError, read_checkpoint
 from orchestrator.train.model import build_model
 from orchestrator.train.session import RayOptions, ray_session
 from workloads.config import Config
@@ -22,10 +22,13 @@ from workloads.config import Config
 
 def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None,
                         ray_opts: RayOptions) -> dict[str, Any]:
-    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+    if not storage.is_uri(path) and not os.path.isfile(os.path.join(path, STATE_FILE)):
         raise UserError(f"checkpoint: no {STATE_FILE} in {path!r}; pass a checkpoint folder of a simclr run "
                         f"(e.g. simclr_runs/NAME/checkpoint_epoch_00025)")
-    payload = load_state_file(path)
+    try:
+        payload = read_checkpoint(path)  # a local folder or a bucket URI
+    except CheckpointError as err:
+        raise UserError(f"checkpoint: {err}") from err
     cfg = Config.from_saved(payload["config"]).replace(dict(parse_assignment(s) for s in sets))
     uri = tracking.resolve_uri(tracking_uri or cfg.tracking.uri)
     client = tracking.client_for(uri)
