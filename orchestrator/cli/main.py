@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # .../runs/log-batch failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"). Off unless the user set
     # it; the local Ray's workers inherit this environment.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces at INFO that it creates a new SQLite store's tables: two lines of its own before
+    # the run's header, which already says where the run logs
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C

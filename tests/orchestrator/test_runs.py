@@ -192,3 +192,13 @@ def test_a_resumed_run_loses_the_error_of_how_it_last_ended(tmp_path: Path) -> N
     tracking.end_run(client, run_id, "FINISHED")
     tracking.reopen_run(client, run_id)  # a run without the tag reopens as before
     assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_new_sqlite_store_is_made_without_mlflows_lines_on_the_console(tmp_path: Path,
+                                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    assert cli.main(["runs", "--tracking-uri", f"sqlite:///{tmp_path / 'new.db'}"]) == 2  # no experiment yet
+    assert (tmp_path / "new.db").exists()
+    assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
+    assert "Creating initial MLflow database tables" not in capfd.readouterr().err
