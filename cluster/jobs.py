@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
+from orchestrator.storage import is_uri
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # what `ray dashboard ray_cluster.yaml` forwards to
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -58,7 +59,7 @@ def resolve_address(address: str = "") -> str:
         env_api = os.environ.get("RAY_API_SERVER_ADDRESS", "")
         env_ray = os.environ.get("RAY_ADDRESS", "")
         address = env_api or (env_ray if env_ray.startswith(("http://", "https://")) else "") or DEFAULT_ADDRESS
-    if "://" not in address:
+    if not is_uri(address):
         address = "http://" + address
     parsed = urlparse(address)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
