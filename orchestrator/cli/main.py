@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override data.* / eval.* fields of the checkpoint's config, e.g. the dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run's)")
     ray_flags(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own output on the terminal (default: in a log file of the run)")
     p.set_defaults(func=cmd_eval)
 
     # Each further command group lives in its own module with a `register(sub)` function.
@@ -76,7 +78,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
 
     from orchestrator.evaluation.driver import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args))
+    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args),
+                                 quiet=not args.verbose)
     if args.json:
         print(json.dumps(result, sort_keys=True), file=out)
     else:

@@ -37,7 +37,7 @@ from orchestrator.train import run, stopflag
 from orchestrator.train.checkpoint import checkpoint_uri, load_state_file
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
-from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
+from orchestrator.train.session import RayOptions, cpus_per_worker, quiet_ray_data, ray_session
 from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config
 from workloads.methods import method
@@ -97,14 +97,6 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             outcome = _fit(cfg, data, steps, cpw, found, run_id, callbacks, quiet)
             tracking.set_tags(client, run_id, {COMPLETE_TAG: str(outcome.complete).lower()})
         return outcome
-
-
-def quiet_ray_data() -> None:
-    """No Ray Data progress bars: the driver's DataContext is copied into every dataset made after this,
-    and from there into the Train workers' iterators and the split coordinator."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
 
 
 def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: int, cpw: float,

@@ -168,8 +168,11 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     assert all(secret not in v for v in [*params.values(), *tags.values(), used.dataset.source])
     assert secret not in Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
 
-    result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY)
+    capfd.readouterr()
+    result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY, quiet=True)
     assert result["run_id"] == out["run_id"] and result["epoch"] == 2
+    assert "Running Dataset" not in capfd.readouterr().err  # Ray Data's output is in the eval's log file
+    assert any(p.startswith("logs/eval-") for p in artifact_paths(client, out["run_id"]))
     assert steps(client, out["run_id"], "eval_knn_top1") == [2]
     assert 0.0 <= result["metrics"]["eval_linear_probe_top1"] <= 1.0
     assert "plots/eval_embedding.png" in artifact_paths(client, out["run_id"])
