@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -19,6 +20,12 @@ from orchestrator.errors import UserError
 from orchestrator.secrets import redact
 
 SCHEME = "://"
+# Attempts of a storage request that meets a transient error (the endpoint away, throttling, a 5xx). The
+# AWS SDK backs off exponentially, up to 20 s between attempts: 12 wait out about two minutes of outage,
+# pyarrow's default of 3 only a few seconds.
+STORAGE_ATTEMPTS = 12
+FIX_ACCESS = ("check the endpoint (AWS_ENDPOINT_URL, for a store other than AWS) and the credentials "
+              "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the node's role)")
 
 
 def is_uri(path: str) -> bool:
@@ -43,7 +50,73 @@ def filesystem(path: str, field: str = "") -> tuple[pafs.FileSystem, str]:
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
         if not field:
             raise
-        raise UserError(f"{field}: cannot open {path!r}: {err}") from err
+        raise UserError(f"{field}: cannot open {redact(path)!r}: {first_line(err)}") from err
+
+
+def patient_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """``filesystem(path)`` for a run's checkpoints, written and read while the run trains.
+
+    In S3 (or a store with its API), a request that meets a transient error is retried for about two
+    minutes (``STORAGE_ATTEMPTS``) instead of seconds: while the endpoint is briefly away, a checkpoint
+    upload, Ray Train's snapshot of its checkpoints and a restarted worker's look-up wait for it rather
+    than fail the run. Errors that are not transient (a refused key, a missing bucket) fail at once.
+    """
+    fs, inner = filesystem(path)
+    if isinstance(fs, pafs.S3FileSystem):
+        _, (options,) = fs.__reduce__()  # the options from_uri resolved: region, endpoint, credentials
+        fs = _patient_s3(options)
+    return fs, inner
+
+
+class _PatientS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with ``STORAGE_ATTEMPTS`` retries, kept when it is pickled to Ray Train's
+    controller and workers: pyarrow's own pickling leaves the retry strategy out, and the copy retries
+    as pyarrow does by default (a few seconds)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        _, (options,) = super().__reduce__()
+        return _patient_s3, (options,)
+
+
+def _patient_s3(options: dict[str, Any]) -> _PatientS3FileSystem:
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS)
+    return _PatientS3FileSystem(**{**options, "retry_strategy": retry})
+
+
+def check_remote(field: str, uri: str) -> None:
+    """``uri`` exists in its store and this process may read it; else one UserError naming ``field``: a
+    missing bucket or prefix, an endpoint that does not answer, credentials the store refuses. Called
+    before Ray starts, so that these are not a Ray Data traceback minutes later."""
+    fs, path = filesystem(uri, field)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as err:
+        raise unreadable(field, uri, err) from err
+    if info.type == pafs.FileType.NotFound:
+        raise missing_remote(field, uri, fs, path)
+
+
+def unreadable(field: str, uri: str, err: BaseException) -> UserError:
+    return UserError(f"{field}: cannot read {redact(uri)} ({redact(first_line(err))[:300]}); {FIX_ACCESS}")
+
+
+def missing_remote(field: str, uri: str, fs: pafs.FileSystem, path: str) -> UserError:
+    """The error for a URI with nothing at it: its bucket does not exist, or no object or prefix in it does."""
+    bucket, _, key = path.partition("/")
+    try:
+        no_bucket = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:  # the bucket cannot be asked about (permissions): say what is known
+        no_bucket = False
+    if no_bucket:
+        return UserError(f"{field}: the bucket {bucket!r} of {redact(uri)} does not exist; create it or fix the "
+                         f"URI (and AWS_ENDPOINT_URL, if the store is not AWS)")
+    return UserError(f"{field}: nothing at {redact(uri)}: bucket {bucket!r} has no object or prefix {key!r}; "
+                     f"fix the URI or upload the data there")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def missing_locally(path: str, folder: bool = False) -> bool:
@@ -94,6 +167,5 @@ def check_writable(folder: str, field: str) -> None:
             f.write(b"ok")
         fs.delete_file(f"{base}/{probe}")
     except (OSError, ValueError, pa.ArrowException) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{field}: cannot write to {redact(folder)} ({redact(reason)[:300]}); "
+        raise UserError(f"{field}: cannot write to {redact(folder)} ({redact(first_line(err))[:300]}); "
                         f"choose a writable folder or bucket") from err

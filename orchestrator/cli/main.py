@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -32,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt)")
+    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt), local or in a bucket (s3://...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override data.* / eval.* fields of the checkpoint's config, e.g. the dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run's)")
     ray_flags(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own output on the terminal (default: in a log file of the run)")
     p.set_defaults(func=cmd_eval)
 
     # Each further command group lives in its own module with a `register(sub)` function.
@@ -75,7 +78,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
 
     from orchestrator.evaluation.driver import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args))
+    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args),
+                                 quiet=not args.verbose)
     if args.json:
         print(json.dumps(result, sort_keys=True), file=out)
     else:
@@ -116,6 +120,14 @@ def training_failed(err: Exception) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.interrupt import exit_code, sigterm_as_interrupt
 
+    # MLflow's usage telemetry sets and removes a variable of os.environ from a background thread; an
+    # HTTP request to a tracking server that reads the environment at that moment fails ("API request to
+    # .../runs/log-batch failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"). Off unless the user set
+    # it; the local Ray's workers inherit this environment.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces at INFO that it creates a new SQLite store's tables: two lines of its own before
+    # the run's header, which already says where the run logs
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C

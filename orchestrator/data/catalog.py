@@ -26,7 +26,7 @@ class PathNeed:
     folder: bool  # must be a folder (else a file or a folder)
     missing: str  # the error when the local path is missing: formatted with {value!r} and {source}
     downloadable: bool = False  # data.download=true fetches it, so it need not exist yet
-    remote: bool = True  # may be an object-store URI, which its reader checks
+    remote: bool = True  # may be an object-store URI
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,18 @@ def evaluates_on_labels(cfg: DataConfig) -> bool:
 
 
 def check_paths(cfg: DataConfig) -> None:
-    """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
-    if cfg.eval_root and storage.missing_locally(cfg.eval_root, folder=True):
+    """Fail fast, before Ray starts: a local path that does not exist, and an object-store URI that does
+    not exist or that this process cannot read (endpoint, credentials), each one line naming its field."""
+    if cfg.eval_root and storage.is_uri(cfg.eval_root):
+        storage.check_remote("data.eval_root", cfg.eval_root)
+    elif cfg.eval_root and storage.missing_locally(cfg.eval_root, folder=True):
         raise UserError(f"data.eval_root: no such folder {cfg.eval_root!r}; give a labelled ImageFolder tree "
                         f"(root/<class>/<image>, e.g. ImageNet's val/) or set data.eval_root= to train without it")
     for need in SOURCES[cfg.source].paths:
         value = getattr(cfg, need.field)
         if need.downloadable and cfg.download:
             continue
-        if storage.missing_locally(value, folder=need.folder) or (not need.remote and storage.is_uri(value)):
+        if need.remote and storage.is_uri(value):
+            storage.check_remote(f"data.{need.field}", value)
+        elif storage.missing_locally(value, folder=need.folder) or storage.is_uri(value):
             raise UserError(need.missing.format(value=value, source=cfg.source))

@@ -230,6 +230,8 @@ def list_image_folder(root: str, field: str = "data.root") -> FileListing:
     """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
     fs, base = storage.filesystem(root, field)
     info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound and storage.is_uri(root):
+        raise storage.missing_remote(field, root, fs, base)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"{field}: {root!r} is not a folder of class folders (root/<class>/<image>)")
     entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -259,6 +261,8 @@ def list_image_files(uri: str) -> FileListing:
     elif info.type == pafs.FileType.Directory:
         paths = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
                        if e.type == pafs.FileType.File and e.path.lower().endswith(IMG_EXTENSIONS))
+    elif storage.is_uri(uri):
+        raise storage.missing_remote("data.uri", uri, fs, base)
     else:
         raise UserError(f"data.uri: {uri!r} does not exist")
     if not paths:
@@ -270,6 +274,8 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
     """Check that a Parquet URI exists before Ray Data reads it."""
     fs, path = storage.filesystem(uri, "data.uri")
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        if storage.is_uri(uri):
+            raise storage.missing_remote("data.uri", uri, fs, path)
         raise UserError(f"data.uri: {uri!r} does not exist")
     return fs, path
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from orchestrator.data import catalog
 from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking.runs import log_params
@@ -92,7 +93,7 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    where = cfg.data.uri or cfg.data.root
+    where = redact(data_location(cfg))
     source: Any = CodeDatasetSource({"data.source": cfg.data.source})
     if where:
         try:
@@ -113,6 +114,12 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
     return ImageDataset(source=source, name=cfg.data.source, digest=digest)
+
+
+def data_location(cfg: Config) -> str:
+    """The folder, file or bucket URI the run's images come from ("" for generated or packaged data)."""
+    needs = catalog.source(cfg.data.source).paths
+    return getattr(cfg.data, needs[0].field) if needs else ""
 
 
 def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_classes: int) -> None:

@@ -30,13 +30,14 @@ from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stre
 from orchestrator.errors import UserError
 from orchestrator.interrupt import run_interruptibly
 from orchestrator.secrets import redact
+from orchestrator.storage import is_uri, patient_filesystem
 from orchestrator.tracking import record
-from orchestrator.tracking.tags import COMPLETE_TAG, DATA_PREPARED_BY_TAG
+from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, DATA_PREPARED_BY_TAG
 from orchestrator.train import run, stopflag
-from orchestrator.train.checkpoint import load_state_file
+from orchestrator.train.checkpoint import checkpoint_uri, load_state_file
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import build_model
-from orchestrator.train.session import RayOptions, cpus_per_worker, ray_session
+from orchestrator.train.session import RayOptions, cpus_per_worker, quiet_ray_data, ray_session
 from orchestrator.train.worker import train_loop_per_worker
 from workloads.config import Config
 from workloads.methods import method
@@ -98,14 +99,6 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
         return outcome
 
 
-def quiet_ray_data() -> None:
-    """No Ray Data progress bars: the driver's DataContext is copied into every dataset made after this,
-    and from there into the Train workers' iterators and the split coordinator."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-
-
 def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: int, cpw: float,
            resources: dict[str, float]) -> str:
     """What runs where, in two lines."""
@@ -149,9 +142,11 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, found: run.Fou
     # from here: the driver's node either hosts workers too (a local run: the same numbers twice) or
     # trains nothing (the head, for a submitted job)
     result, stopped = run_interruptibly(trainer.fit, lambda: stopflag.request_stop(flag), stopflag.poller(flag, quiet))
+    where = checkpoint_uri(cfg.train.storage_path, result.checkpoint) if result.checkpoint else ""
+    if where:
+        tracking.set_tags(client, run_id, {CHECKPOINT_TAG: where})
     if stopped:
-        where = result.checkpoint.path if result.checkpoint else "-"
-        raise TrainingInterrupted(f"stopped with a checkpoint at {where}; resume with --name {cfg.train.name}")
+        raise TrainingInterrupted(f"stopped with a checkpoint at {where or '-'}; resume with --name {cfg.train.name}")
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -164,7 +159,7 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, found: run.Fou
     if complete:
         record.log_encoder_model(_encoder(payload, cfg), run_id, uri, cfg.data.image_size)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainOutcome(run_id, cfg.train.name, found.experiment_id, uri, result.checkpoint.path, complete, metrics)
+    return TrainOutcome(run_id, cfg.train.name, found.experiment_id, uri, where, complete, metrics)
 
 
 def _first_views(data: PreparedData, cfg: Config) -> dict[str, torch.Tensor]:
@@ -190,13 +185,15 @@ def _torch_trainer(job: TrainJob, datasets: dict[str, Any], cpw: float, callback
     # chunks reach the workers in the epoch's order (with one worker the stream is the same every run)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    # a bucket through a filesystem that waits out a brief outage (local paths: Ray's own handling)
+    fs, path = patient_filesystem(cfg.train.storage_path) if is_uri(cfg.train.storage_path) else (None, "")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=cfg.train.name, storage_path=cfg.train.storage_path,
+            name=cfg.train.name, storage_path=path or cfg.train.storage_path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=list(callbacks),

@@ -146,15 +146,16 @@ def last_line(text: str) -> str:
     return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
 
 
-def run_log_path(storage_root: str, name: str) -> str:
-    """The console log of this invocation: beside the run's checkpoints when they are local, else in a
-    temporary folder (either way it is logged to the MLflow run as ``logs/``)."""
+def run_log_path(storage_root: str, name: str, kind: str = "console") -> str:
+    """The console log of this invocation (``kind``: console for training, eval): beside the run's
+    checkpoints when they are local, else in a temporary folder (either way it is logged to the MLflow
+    run as ``logs/``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if storage.is_uri(storage_root):
         folder = tempfile.mkdtemp(prefix="simclr-log-")
     else:
         folder = os.path.join(storage_root, name, "logs")
-    return os.path.join(folder, f"console-{stamp}.log")
+    return os.path.join(folder, f"{kind}-{stamp}.log")
 
 
 def log_console_file(client: Any, run_id: str, log_path: str) -> None:

@@ -106,3 +106,11 @@ def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
         return train.cpus_per_worker
     share = (cpus - reserve) / w
     return min(share, 8.0) if train.use_gpu else share
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars: the driver's DataContext is copied into every dataset made after this,
+    and from there into the Train workers' iterators and the split coordinator."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False

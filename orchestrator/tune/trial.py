@@ -12,7 +12,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from orchestrator.data.prepare import PreparedData, prepare
-from orchestrator.train.driver import quiet_ray_data, train
+from orchestrator.train.driver import train
+from orchestrator.train.session import quiet_ray_data
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
 from workloads.config import Config

@@ -10,6 +10,7 @@ from typing import get_args
 import numpy as np
 import pytest
 
+from orchestrator import storage
 from orchestrator.data import catalog
 from orchestrator.data.prepare import split
 from orchestrator.errors import UserError
@@ -49,13 +50,19 @@ def test_a_missing_local_path_is_one_line_naming_the_field(tmp_path: Path, name:
     assert str(info.value).startswith(expected.format(p=missing))
 
 
-def test_what_check_paths_lets_through(tmp_path: Path) -> None:
+def test_what_check_paths_lets_through_and_which_uris_it_asks_the_store_about(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(storage, "check_remote", lambda field, uri: asked.append((field, uri)))
     (tmp_path / "f.parquet").write_bytes(b"")
     catalog.check_paths(DataConfig(source="digits"))
     catalog.check_paths(DataConfig(source="cifar10", root=str(tmp_path / "new"), download=True))  # fetched there
-    catalog.check_paths(DataConfig(source="imagefolder", root="s3://bucket/tree"))  # checked when listed
+    catalog.check_paths(DataConfig(source="imagefolder", root="s3://bucket/tree", uri="s3://unused/x",
+                                   eval_root="s3://bucket/val"))
     catalog.check_paths(DataConfig(source="parquet", uri=str(tmp_path / "f.parquet")))
     catalog.check_paths(DataConfig(source="images", uri="gs://bucket/photos"))
+    assert asked == [("data.eval_root", "s3://bucket/val"), ("data.root", "s3://bucket/tree"),
+                     ("data.uri", "gs://bucket/photos")]
 
 
 def test_a_torchvision_root_must_be_a_local_folder() -> None:
