@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from workloads.byol.method import BYOL
 from workloads.config import SHARED_SECTIONS, Config
+from workloads.dino.method import DINO
 from workloads.fields import ConfigError
 from workloads.inpaint.method import Inpaint
 from workloads.mae.method import MAE
@@ -30,6 +31,7 @@ METHODS: dict[str, Method] = {
     "swav": SwAV(),
     "byol": BYOL(),
     "vae": VAE(),
+    "dino": DINO(),
 }
 
 

@@ -120,8 +120,9 @@ def test_a_registered_method_trains_a_step_through_the_trainer(registered: Metho
 
 
 def test_unregistering_leaves_the_built_in_methods() -> None:
-    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae")
-    with pytest.raises(ConfigError, match="config.method must be one of simclr, moco, mae, inpaint, swav, byol, vae"):
+    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae", "dino")
+    with pytest.raises(ConfigError,
+                       match="config.method must be one of simclr, moco, mae, inpaint, swav, byol, vae, dino"):
         Config(method="mean_colour")
 
 
