@@ -175,14 +175,15 @@ def test_weight_decay_and_teacher_momentum_follow_the_references_cosine_schedule
 
 
 def test_weight_norm_linear_is_torchs_weight_norm_with_its_parameter_names() -> None:
-    ours = WeightNormLinear(5, 7, norm=False)
+    torch.manual_seed(0)
+    ours = WeightNormLinear(5, 7, norm=False).double()  # float64: the two compute in different orders
     with torch.no_grad():
-        ours.weight_g.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(0))
-    theirs = nn.utils.parametrizations.weight_norm(nn.Linear(5, 7, bias=False))  # dim 0, as DINO's
+        ours.weight_g.uniform_(0.5, 2.0)
+    theirs = nn.utils.parametrizations.weight_norm(nn.Linear(5, 7, bias=False)).double()  # dim 0, as DINO's
     with torch.no_grad():
         theirs.parametrizations.weight.original0.copy_(ours.weight_g)  # g (K x 1)
         theirs.parametrizations.weight.original1.copy_(ours.weight_v)  # v (K x D)
-    x = torch.randn(3, 5)
+    x = torch.randn(3, 5, dtype=torch.float64)
     torch.testing.assert_close(ours(x), theirs(x))
     ours(x).square().sum().backward()
     theirs(x).square().sum().backward()
