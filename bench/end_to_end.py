@@ -20,7 +20,7 @@ whole run (Ray start, MLflow, checkpoints, Ray stop for ours). The runs stop one
 configured schedule (`train.stop_after_epoch`), so the final evaluation and model export, which are
 not throughput, do not run.
 
-With ``--shuffle-cost`` it measures instead what the per-epoch global shuffle costs (issue 13): our
+With ``--shuffle-cost`` it measures instead what the per-epoch global shuffle costs: our
 side alone, ``data.shuffle=true`` against ``false`` (every epoch in row-id order), alternated
 on, off, off, on so that a drift in load hits both.
 
@@ -45,12 +45,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from orchestrator import tracking
 from orchestrator.data import sources
-from orchestrator.data.prepare import _resize_square, normalize
+from orchestrator.data.rows import resize_square
 from orchestrator.train.model import build_model
 from workloads.augment.transform import reference_augment
 from workloads.augment.views import AugConfig
 from workloads.config import Config
 from workloads.contrastive import LossConfig
+from workloads.method import normalize
 from workloads.methods import recipe
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.simclr.loss import nt_xent
@@ -131,7 +132,7 @@ class TwoViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 def digits_images(size: int) -> torch.Tensor:
     """The digits as the pipeline stores them: (N, 3, S, S) uint8 at the training size."""
     src = sources.load_digits()
-    images = _resize_square(src.train.images, size)  # N x S x S x 3, as orchestrator.data does
+    images = resize_square(src.train.images, size)  # N x S x S x 3, as orchestrator.data does
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 

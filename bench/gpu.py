@@ -1,5 +1,5 @@
 """What a GPU does with SimCLR, in one command: the model-only limit, the device augmentation, and
-how many CPU processes of decode + crop it takes to feed the GPU (issue 15).
+how many CPU processes of decode + crop it takes to feed the GPU.
 
 Prints one JSON object (a summary table goes to stderr):
 - ``model_only``: images/s of a whole SimCLR step (forward of both views, NT-Xent, backward, LARS

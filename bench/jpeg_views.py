@@ -8,8 +8,8 @@ sample photos by tests/photos.py.
 - decode alone (one process, one thread, photo by photo): ``decode_whole`` (what the stream's tasks
   run: the whole photo, not resized; JPEG DCT scaling with PIL's ``draft`` where the photo is at least
   twice 256), ``decode_image`` (the decoded cache's decode: shorter side resized to 256, DCT scaling
-  where it applies; the stream's decode before this change), a full PIL decode + resize (the code
-  before issue 15) and ``torchvision.io.decode_jpeg`` + an antialiased resize. Run on 375 px photos
+  where it applies; the stream's older decode), a full PIL decode + resize (the plain
+  decode) and ``torchvision.io.decode_jpeg`` + an antialiased resize. Run on 375 px photos
   and on large ones (shorter side 768), where DCT scaling applies.
 - the whole path, in a DataLoader with the same number of worker processes on both sides, each of one
   thread, two uint8 views of every image collated into (B, 3, 224, 224) batches:
@@ -78,7 +78,7 @@ def recipe(blur: bool) -> dict[str, Any]:
 
 
 def decode_pil_full(data: bytes, size: int) -> np.ndarray:
-    """The decode before issue 15: full-size PIL decode, then the resize to the shorter side."""
+    """The plain decode: full-size PIL decode, then the resize to the shorter side."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         rgb = img.convert("RGB")

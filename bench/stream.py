@@ -10,9 +10,9 @@ workers' start-up).
 
 Five variants, each prepared once and read alternately so that a drift in load hits all of them:
 - `data.shuffle` true (the default: a new global order every epoch) or false (row-id order, which for
-  an ImageFolder is class order: the order the pipeline streamed before issue 13);
+  an ImageFolder is class order: the order of a pipeline without the shuffle);
 - `data.center_square` false (the default: decoded whole, crops from the whole photo) or true (the
-  centre square only, the decode before issue 13);
+  centre square only, the older decode, kept as the baseline);
 - the standard alternative for the shuffle: Ray Data's own `random_shuffle()` of the same cached
   blocks each epoch (an all-to-all exchange; unseeded, since a seed would repeat one order every
   epoch), then the same views in `map_batches`;
@@ -41,7 +41,7 @@ from common import emit_json, load_now, machine, median, say, table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from photos import image_folder
 
-from orchestrator.data import prepare
+from orchestrator.data.prepare import prepare
 from orchestrator.data.stream import EpochClock, RowStore, train_stream
 from workloads.config import Config
 from workloads.methods import method, recipe
@@ -53,7 +53,7 @@ VARIANTS = {  # name: (shuffle, center_square, cache_decoded)
     RAY_SHUFFLE: (False, False, True),
     "no shuffle, whole image": (False, False, True),
     "shuffle, centre square": (True, True, True),
-    "no shuffle, centre square (before issue 13)": (False, True, True),
+    "no shuffle, centre square (baseline)": (False, True, True),
     DECODE_EACH_EPOCH: (True, False, False),
 }
 
@@ -123,7 +123,7 @@ def main() -> None:
         finally:
             ray.shutdown()
     figures = {name: median(r) for name, r in rates.items()}
-    before = figures["no shuffle, centre square (before issue 13)"]
+    before = figures["no shuffle, centre square (baseline)"]
     rows = [[name, figures[name], f"{figures[name] / before:.3f}x", " / ".join(f"{x:.0f}" for x in rates[name])]
             for name in VARIANTS]
     shuffle_cost = figures["shuffle, whole image"] / figures["no shuffle, whole image"]

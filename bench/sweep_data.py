@@ -1,6 +1,5 @@
 """Decode once per sweep: a 4-trial `simclr tune` sweep's data time, prepared once for the sweep (the
-default) against each trial reading and decoding the source itself (`--prepare-per-trial`, the code
-before issue 15).
+default) against each trial reading and decoding the source itself (`--prepare-per-trial`).
 
 The source is a class-sorted ImageFolder of JPEG photographs (crops of scikit-learn's two sample photos,
 tests/photos.py; shorter side `--shorter` px), decoded at `data.decode_size` = 64. Each sweep runs 4

@@ -30,10 +30,12 @@ from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
+from orchestrator.storage import is_uri
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # what `ray dashboard ray_cluster.yaml` forwards to
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 10.0
+STOP_GRACE_S = 120  # from a stop's SIGTERM until Ray SIGKILLs the job: the checkpoint and the run's end fit in it
 
 # gitignore patterns, anchored at the project root ("/data", not "data": a package folder named
 # data deeper down must still ship). Ray also honours the project's .gitignore.
@@ -57,7 +59,7 @@ def resolve_address(address: str = "") -> str:
         env_api = os.environ.get("RAY_API_SERVER_ADDRESS", "")
         env_ray = os.environ.get("RAY_ADDRESS", "")
         address = env_api or (env_ray if env_ray.startswith(("http://", "https://")) else "") or DEFAULT_ADDRESS
-    if "://" not in address:
+    if not is_uri(address):
         address = "http://" + address
     parsed = urlparse(address)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -102,15 +104,20 @@ def _read_token(path: Path, what: str) -> str:
 
 
 def runtime_env(tracking_uri: str = "", root: Path | None = None) -> dict[str, Any]:
-    """The job's runtime env: the project as working_dir, and where MLflow is.
+    """The job's runtime env: the project as working_dir, where MLflow is, and how long a stopped job
+    may take to stop.
 
-    Only the tracking URI travels in ``env_vars``; object-store credentials come from the nodes'
-    role (instance profile / IRSA), never from here.
+    ``RAY_JOB_STOP_WAIT_TIME_S``: ``simclr jobs stop`` (and ``ray job stop``) send SIGTERM to the job,
+    and Ray's job supervisor, which reads this from the job's env_vars, SIGKILLs it 3 s later by default:
+    too soon for a training to save its checkpoint and end its MLflow run KILLED.
+    ``MLFLOW_DISABLE_TELEMETRY``: on every node of the job, for the reason ``simclr`` sets it for itself
+    (orchestrator/cli/main.py: MLflow's telemetry thread changes os.environ under HTTP requests).
+    Object-store credentials never travel here: they come from the nodes' role (instance profile / IRSA).
     """
-    env: dict[str, Any] = {"working_dir": str(root or project_root()), "excludes": list(WORKING_DIR_EXCLUDES)}
+    env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "MLFLOW_DISABLE_TELEMETRY": "true"}
     if tracking_uri:
-        env["env_vars"] = {"MLFLOW_TRACKING_URI": tracking_uri}
-    return env
+        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    return {"working_dir": str(root or project_root()), "excludes": list(WORKING_DIR_EXCLUDES), "env_vars": env_vars}
 
 
 def entrypoint(command: str, args: list[str], need: dict[str, float] | None = None,

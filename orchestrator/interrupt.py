@@ -6,10 +6,7 @@ the signals. The first Ctrl-C or SIGTERM (what ``ray job stop``, Kubernetes, Slu
 send) sets a flag that rank 0 polls every few steps and broadcasts, so every worker stops at the same
 step; a second one aborts at once. Outside ``fit()``, SIGTERM raises ``Terminated`` (a
 KeyboardInterrupt) instead of Ray's ``sys.exit``, so the same clean-up paths run as for Ctrl-C.
-
-The flag's actor is also the run's small shared state on the driver's node: which attempt of the
-worker group is running (a restart after a lost worker or node is attempt 2, 3, ...), where the last
-attempt had got to, and the progress lines rank 0 sends for the driver to print.
+The flag itself is orchestrator/train/stopflag.py's.
 """
 
 from __future__ import annotations
@@ -17,12 +14,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
-
-import ray
 
 from orchestrator import console
 
@@ -62,50 +56,11 @@ def sigterm_as_sigint() -> None:
         signal.signal(signal.SIGTERM, forward)
 
 
-@ray.remote(num_cpus=0)
-class StopFlag:
-    """Set by the driver on Ctrl-C/SIGTERM, read by rank 0; also counts worker-group attempts."""
-
-    def __init__(self) -> None:
-        self._set = False
-        self._attempts = 0
-        self._progress: dict[str, float] = {}
-        self._lines: list[str] = []
-        self._fatal = ""
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def attempt_started(self) -> tuple[int, dict[str, float]]:
-        """Rank 0 calls this once per worker group: its attempt number (1 = first) and where the
-        previous attempt had got to (epoch, global_step, time), empty for the first."""
-        self._attempts += 1
-        previous, self._progress = self._progress, {}
-        return self._attempts, previous
-
-    def progress(self, epoch: int, global_step: int) -> None:
-        self._progress = {"epoch": float(epoch), "global_step": float(global_step), "time": time.time()}
-
-    def fail(self, message: str) -> None:
-        self._fatal = message
-
-    def fatal_error(self) -> str:
-        """A deterministic failure (a non-finite loss) that a restart would only repeat."""
-        return self._fatal
-
-    def say(self, line: str) -> None:
-        self._lines.append(line)
-
-    def lines(self, since: int) -> list[str]:
-        return self._lines[since:]
-
-
-def run_interruptibly(fn: Callable[[], T], flag: Any,
+def run_interruptibly(fn: Callable[[], T], on_stop: Callable[[], None],
                       on_poll: Callable[[], None] | None = None) -> tuple[T, bool]:
     """Run ``fn`` on a thread; return its result and whether a graceful stop was asked for.
+
+    The first Ctrl-C or SIGTERM calls ``on_stop`` (the driver sets the run's stop flag); a second aborts.
 
     ``on_poll`` runs on the main thread twice a second while ``fn`` runs (the driver prints rank 0's
     progress lines from there).
@@ -124,7 +79,7 @@ def run_interruptibly(fn: Callable[[], T], flag: Any,
             raise Terminated("aborted") if signum == signal.SIGTERM else KeyboardInterrupt
         _received.append(signum)
         asked.set()
-        flag.set.remote()
+        on_stop()
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         console.current().say(f"stopping: the workers save a checkpoint at the next step ({again} again to abort)")
 

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 import ray
+from services import s3, stack, tracking_server  # noqa: F401  (session fixtures: the cluster's real parts)
 
 _RESULT = pytest.StashKey[int]()
 
 # Programs that start Ray, a server or a training: a test that runs one belongs to the slow tier. A Python
 # subprocess counts too: it imports torch (seconds) to run a script, a CLI or a benchmark.
-SLOW_PROGRAMS = frozenset({"simclr", "ray", "moto_server", "mlflow", "pg_ctl", "postgres", "initdb",
+SLOW_PROGRAMS = frozenset({"simclr", "ray", "moto_server", "mlflow", "pg_ctl", "postgres", "initdb", "runuser",
                            os.path.basename(sys.executable), "python", "python3"})
 
 

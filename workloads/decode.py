@@ -68,7 +68,7 @@ def decode_image(data: bytes, size: int, center_square: bool = False) -> np.ndar
         if center_square:
             nw, nh = max(size, nw), max(size, nh)
         if img.format == "JPEG" and (w >= 2 * nw and h >= 2 * nh):
-            # JPEG DCT scaling (issue 15): libjpeg decodes at 1/2, 1/4 or 1/8 size, the largest
+            # JPEG DCT scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size, the largest
             # reduction still at least (nw, nh) on both sides, for a fraction of a full decode;
             # the resize below then gives the same size, whole image, as from the full decode.
             img.draft("RGB", (nw, nh))

@@ -4,7 +4,7 @@ Ray Data hands a task whichever rows the stream put together, and the same row c
 neighbours in another run (another worker count, a resumed run). A ``torch.Generator`` shared by a
 batch makes a row's draws depend on its position in the batch. ``RowRandom`` is counter-based
 instead, like Philox in JAX or cuRAND: draw ``j`` of row ``i`` is ``splitmix64(key_i, j)``, so a
-row's augmentation is a function of (seed, epoch, row identity) alone (issue 13).
+row's augmentation is a function of (seed, epoch, row identity) alone.
 
 Augmentation and mask code draws through ``rand``, which takes either kind of source: tests and
 benchmarks keep passing a seeded ``torch.Generator``.

@@ -13,6 +13,7 @@ import argparse
 import os
 from typing import Any, TextIO
 
+from orchestrator import storage
 from orchestrator.errors import UserError
 
 FORMATS = ("torchvision", "timm")
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("export", help="write a checkpoint's backbone as weights torchvision (or timm) loads",
                        description="Write the backbone of a checkpoint as a state dict that "
                                    "torchvision.models.<arch>() (same keys: timm's <arch>) loads with strict=True.")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt)")
+    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt), local or in a bucket (s3://...)")
     p.add_argument("--format", choices=FORMATS, default="torchvision",
                    help="torchvision (default) or timm: the same ResNet keys")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .pt file to write")
@@ -58,12 +59,12 @@ def torchvision_state_dict(payload: dict[str, Any]) -> tuple[str, dict[str, Any]
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
-    from orchestrator.train.checkpoint import CheckpointError, load_state_file
+    from orchestrator.train.checkpoint import CheckpointError, read_checkpoint
 
-    if not os.path.isdir(args.checkpoint):
+    if storage.missing_locally(args.checkpoint, folder=True):
         raise UserError(f"checkpoint: no such folder {args.checkpoint}")
     try:
-        payload = load_state_file(args.checkpoint)
+        payload = read_checkpoint(args.checkpoint)  # a local folder or a bucket URI
     except CheckpointError as err:
         raise UserError(f"checkpoint: {err}") from err
     arch, state = torchvision_state_dict(payload)

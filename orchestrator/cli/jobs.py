@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from cluster.jobs import DEFAULT_ADDRESS, JobsClient, RunStream, entrypoint, print_stream, project_root
 from orchestrator.errors import UserError
+from orchestrator.storage import is_uri
 
 EXIT_JOB_FAILED = 1
 WORKLOADS = ("train", "tune")
@@ -107,7 +108,7 @@ def check_train_args(rest: list[str]) -> tuple[list[str], dict[str, float], list
     if not storage:
         notes.append("train.storage_path is unset: checkpoints would go to simclr_runs/ in the job's temporary "
                      "working directory and be lost with it; use e.g. --set train.storage_path=s3://BUCKET/runs")
-    elif "://" not in storage:
+    elif not is_uri(storage):
         notes.append(f"train.storage_path={storage} is a path on the cluster's nodes: fine on one node; with "
                      f"several, every node must see it (NFS), or use --set train.storage_path=s3://BUCKET/runs")
     need = {"GPU": float(cfg.train.workers)} if cfg.train.use_gpu else {"CPU": float(cfg.train.workers)}

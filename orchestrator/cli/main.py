@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from orchestrator.cli.flags import EXIT_USER_ERROR, Parser, config_flags, config_overrides, ray_flags, ray_options
-from orchestrator.errors import UserError
+from orchestrator.errors import NonFiniteLossError, UserError
 from orchestrator.secrets import redact, redact_values
 from workloads.config import ConfigError
 
@@ -32,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="kNN and linear probe of a checkpoint, logged to its MLflow run")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt)")
+    p.add_argument("checkpoint", help="a checkpoint folder (holding state.pt), local or in a bucket (s3://...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override data.* / eval.* fields of the checkpoint's config, e.g. the dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run's)")
     ray_flags(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Ray Data's own output on the terminal (default: in a log file of the run)")
     p.set_defaults(func=cmd_eval)
 
     # Each further command group lives in its own module with a `register(sub)` function.
@@ -75,7 +78,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
 
     from orchestrator.evaluation.driver import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args))
+    result = evaluate_checkpoint(args.checkpoint, args.set, args.tracking_uri, ray_options(args),
+                                 quiet=not args.verbose)
     if args.json:
         print(json.dumps(result, sort_keys=True), file=out)
     else:
@@ -101,9 +105,29 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
         real.close()
 
 
+def training_failed(err: Exception) -> bool:
+    """Ray Train's report that the workers or its controller failed (a worker error, a lost node past
+    ``train.max_failures``), or a failure a restart would only repeat: exit 1, not a traceback."""
+    if isinstance(err, NonFiniteLossError):
+        return True
+    if "ray.train" not in sys.modules:  # nothing trained in this process
+        return False
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    return isinstance(err, TrainingFailedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.interrupt import exit_code, sigterm_as_interrupt
 
+    # MLflow's usage telemetry sets and removes a variable of os.environ from a background thread; an
+    # HTTP request to a tracking server that reads the environment at that moment fails ("API request to
+    # .../runs/log-batch failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"). Off unless the user set
+    # it; the local Ray's workers inherit this environment.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces at INFO that it creates a new SQLite store's tables: two lines of its own before
+    # the run's header, which already says where the run logs
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     sigterm_as_interrupt()  # SIGTERM (ray job stop, Kubernetes, Slurm) is a clean stop, like Ctrl-C
@@ -117,10 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simclr: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
-        if type(err).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError",
-                                      "NonFiniteLossError"):
+        if not training_failed(err):
             raise  # a bug: keep the traceback
-        from orchestrator.train.driver import failure_message
+        from orchestrator.train.run import failure_message
 
         print(f"simclr: training failed: {redact(failure_message(err))} (worker logs above)", file=sys.stderr)
         return 1

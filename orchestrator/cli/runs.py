@@ -17,10 +17,11 @@ from urllib.parse import urlparse
 
 from orchestrator import tracking
 from orchestrator.errors import UserError
-from orchestrator.tracking.tags import KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG
+from orchestrator.tracking.tags import CHECKPOINT_TAG, KIND_TAG, RUN_NAME_TAG, STOPPED_EARLY_TAG
 
 KEY_PARAMS = ("loss.temperature", "aug.strength", "aug.min_scale", "optim.lr", "train.batch_size", "train.epochs")
 KEY_METRICS = ("knn_top1", "linear_probe_top1", "loss", "epoch")
+WHERE_COLUMNS = ("data", "checkpoint")  # --where: the data's location and the newest checkpoint
 MAX_RUNS = 1000
 
 
@@ -36,12 +37,15 @@ def register(sub: Any) -> None:
                    help="order by a metric or param, best first (ascending for names with 'loss', else descending)")
     p.add_argument("--reverse", action="store_true", help="reverse the --sort order")
     p.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    p.add_argument("--where", action="store_true",
+                   help="two more columns: where the run's data is and its newest checkpoint (path or bucket URI)")
     p.add_argument("--json", action="store_true", help="one JSON list of runs on stdout")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("ui", help="serve the MLflow UI on this project's tracking store at 127.0.0.1")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)")
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db); for a "
+                        "tracking server (http://...), print the address of its own UI")
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.add_argument("--server-workers", type=int, default=1, help="MLflow server worker processes (default 1)")
     p.set_defaults(func=cmd_ui)
@@ -99,7 +103,19 @@ def run_record(run: Any, params: Sequence[str]) -> dict[str, Any]:
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "params": {k: run.data.params[k] for k in params if k in run.data.params},
         "metrics": dict(run.data.metrics),
+        "data": _data_source(run),
+        "checkpoint": tags.get(CHECKPOINT_TAG, ""),
     }
+
+
+def _data_source(run: Any) -> str:
+    """The URI or path of the run's training dataset input ("" for generated data)."""
+    for used in getattr(run.inputs, "dataset_inputs", None) or []:
+        try:
+            return str(json.loads(used.dataset.source).get("uri", ""))
+        except (ValueError, AttributeError):
+            continue
+    return ""
 
 
 def _value(record: dict[str, Any], key: str) -> float | None:
@@ -122,11 +138,13 @@ def sort_records(records: list[dict[str, Any]], key: str, reverse: bool = False)
     return have + lack
 
 
-def format_table(records: Sequence[dict[str, Any]], params: Sequence[str], metrics: Sequence[str]) -> str:
-    cols = ["run_name", "kind", "status", *params, *metrics, "note"]
+def format_table(records: Sequence[dict[str, Any]], params: Sequence[str], metrics: Sequence[str],
+                 where: bool = False) -> str:
+    cols = ["run_name", "kind", "status", *params, *metrics, "note", *(WHERE_COLUMNS if where else ())]
     rows = []
     for r in records:
-        row = {"run_name": r["run_name"], "kind": r["kind"], "status": r["status"], "note": r["note"][:60]}
+        row = {"run_name": r["run_name"], "kind": r["kind"], "status": r["status"], "note": r["note"][:60],
+               **{c: r[c] for c in WHERE_COLUMNS}}
         row.update({p: r["params"].get(p, "") for p in params})
         row.update({m: f"{r['metrics'][m]:.4g}" if m in r["metrics"] else "" for m in metrics})
         rows.append(row)
@@ -165,7 +183,7 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
     if args.sort and args.sort not in metrics and args.sort not in shown_params:
         metrics.insert(0, args.sort)
     shown_metrics = [m for m in metrics if any(m in r["metrics"] for r in records)]
-    print(format_table(records, shown_params, shown_metrics), file=out, end="")
+    print(format_table(records, shown_params, shown_metrics, args.where), file=out, end="")
     return 0
 
 
@@ -200,6 +218,10 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     if args.server_workers < 1:
         raise UserError(f"--server-workers must be >= 1; got {args.server_workers}")
     uri = tracking.resolve_uri(args.tracking_uri or "")
+    if urlparse(uri).scheme in ("http", "https"):  # a tracking server serves its own UI
+        tracking.probe_server(uri)
+        print(f"MLflow UI at {ui_url(uri, args.port, base=uri.rstrip('/'))} (the tracking server's own)", file=out)
+        return 0
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise UserError(f"--tracking-uri: no MLflow store at {uri[len('sqlite:///'):]} (run simclr train or tune "
                         f"first, or pass --tracking-uri)")
@@ -231,9 +253,10 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     proc.wait()
 
 
-def ui_url(uri: str, port: int) -> str:
-    """The UI, opened on the training runs of our experiment (MLflow 3 opens experiments on traces)."""
-    base = f"http://127.0.0.1:{port}"
+def ui_url(uri: str, port: int, base: str = "") -> str:
+    """The UI (at ``base``, else the one started on ``port``), opened on the training runs of our experiment
+    (MLflow 3 opens experiments on traces)."""
+    base = base or f"http://127.0.0.1:{port}"
     try:
         client = tracking.client_for(uri)
         exp = client.get_experiment_by_name("simclr")

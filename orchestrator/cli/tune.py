@@ -60,7 +60,7 @@ def resolve_with_search(recipe_name: str, config_path: str, sets: Sequence[str],
 
 def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import tune
-    from orchestrator.train.driver import storage_path
+    from orchestrator.train.run import storage_path
 
     cfg, file_search = resolve_with_search(args.recipe, args.config, args.set, config_overrides(args),
                                             args.method)

@@ -1,8 +1,3 @@
-"""The path of an image: sources (where files are) -> prepare (decode once into the object store;
-evalsets: the kNN monitor's labelled samples) -> stream (each epoch's order and augmented views,
-streamed to the train workers)."""
-
-from orchestrator.data.evalsets import balanced_order, stratified_holdout
-from orchestrator.data.prepare import PreparedData, prepare
-
-__all__ = ["PreparedData", "balanced_order", "prepare", "stratified_holdout"]
+"""The path of an image: catalog (each source: how it loads, its labels, its paths) -> sources (the
+readers) -> prepare (load, split, evaluation samples, the row store: decoded once into the object store)
+-> stream (each epoch's order and augmented views, streamed to the train workers)."""

@@ -1,89 +1,81 @@
-"""Decoding inside Ray Data: encoded bytes -> uint8 images under the bad-image policy, and the one-line
-error a bad file under ``data.bad_images=fail`` becomes (not Ray's remote traceback)."""
+"""Decoding inside Ray Data: encoded bytes -> uint8 images under the bad-image policy.
+
+``data.bad_images=skip`` drops an unreadable file's row (``prepare`` counts them). Under ``fail`` the
+file must stop the run with a BadImageError naming it, but an error raised in a Ray Data task reaches
+the driver as Ray's own (``UserCodeException``) with ours only in its traceback's text; so the row
+stays, with an empty image and the error's message in ``unreadable``, and ``decoded`` raises the
+BadImageError of the first such row, in the dataset's order, once the decode has run.
+"""
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import numpy as np
 import ray.data
-from ray.exceptions import RayError
 
 from orchestrator.data import sources
-from orchestrator.errors import BadImageError, UserError
+from orchestrator.data.rows import ROW_ID
+from orchestrator.errors import BadImageError
 from workloads.config import DataConfig
 
-# A UserError's line in a remote traceback, e.g. "orchestrator.errors.BadImageError: unreadable image ...".
-_REMOTE_USER_ERROR = re.compile(r"^orchestrator\.errors\.(?P<cls>BadImageError|UserError): (?P<msg>.+)$", re.MULTILINE)
+UNREADABLE = "unreadable"  # under data.bad_images=fail: why the row's file could not be decoded ("" if it could)
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, policy: str, data_col: str, name_col: str,
-                  center_square: bool) -> dict[str, np.ndarray]:
-    """Decode encoded bytes to uint8 (H, W, 3) images; rows that fail are dropped (skip) or raise (fail).
+                 center_square: bool) -> dict[str, np.ndarray]:
+    """Decode encoded bytes to uint8 (H, W, 3) images; rows that fail are dropped (skip) or marked (fail).
 
     Whole images differ in shape, so the column is ragged (Ray's variable-shaped tensor column);
     centre squares are one (B, S, S, 3) array.
     """
-    names = batch[name_col] if name_col in batch else [f"row {i}" for i in range(len(batch[data_col]))]
+    names = batch[name_col] if name_col in batch else [f"row {i}" for i in batch[ROW_ID]]
     kept: list[int] = []
     images: list[np.ndarray] = []
+    errors: list[str] = []
     for i, (data, name) in enumerate(zip(batch[data_col], names, strict=True)):
-        img = sources.decode_or_none(data, size, str(name), policy, center_square)
-        if img is not None:
-            kept.append(i)
-            images.append(img)
+        try:
+            images.append(sources.decode_checked(data, size, str(name), center_square))
+            errors.append("")
+        except BadImageError as err:
+            if policy == "skip":
+                continue
+            images.append(_NO_IMAGE)
+            errors.append(str(err))
+        kept.append(i)
     out = {k: np.asarray(v)[kept] for k, v in batch.items() if k not in (data_col, name_col)}
-    if not images:
-        out["image"] = np.zeros((0, size, size, 3), np.uint8)
-    elif all(img.shape == images[0].shape for img in images):
-        out["image"] = np.stack(images)
-    else:
-        ragged = np.empty(len(images), dtype=object)
-        ragged[:] = images
-        out["image"] = ragged
+    out["image"] = _image_column(images, size)
+    if policy == "fail":
+        out[UNREADABLE] = np.asarray(errors, dtype=object)
     return out
 
 
-def decode_stage(raw: ray.data.Dataset, cfg: DataConfig, size: int, name_col: str, center_square: bool
-             ) -> ray.data.Dataset:
-    return raw.map_batches(
-        partial(decode_batch, size=size, policy=cfg.bad_images, data_col="bytes", name_col=name_col,
+def _image_column(images: list[np.ndarray], size: int) -> np.ndarray:
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8)
+    if all(img.shape == images[0].shape for img in images):
+        return np.stack(images)
+    ragged = np.empty(len(images), dtype=object)
+    ragged[:] = images
+    return ragged
+
+
+def decoded(ds: ray.data.Dataset, cfg: DataConfig, center_square: bool) -> ray.data.Dataset:
+    """``ds``'s ``bytes`` decoded now (at the stored size), so that an unreadable file under
+    ``data.bad_images=fail`` stops the run before training, with a BadImageError naming the first."""
+    out = ds.map_batches(
+        partial(decode_batch, size=cfg.stored_size, policy=cfg.bad_images, data_col="bytes", name_col="path",
                 center_square=center_square),
         batch_size=64,
-    )
+    ).materialize()
+    if cfg.bad_images == "fail":
+        first = out.select_columns([UNREADABLE]).map_batches(_unreadable_rows, batch_format="numpy").take(1)
+        if first:
+            raise BadImageError(str(first[0][UNREADABLE]))
+    return out
 
 
-def materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
-    """Run the decode now, so a bad file under the fail policy stops the run before training."""
-    try:
-        return ds.materialize()
-    except Exception as err:
-        cause = find_user_error(err)
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def find_user_error(err: BaseException | None) -> UserError | None:
-    """The UserError behind a failed Ray Data run, as a one-line error of its own class.
-
-    Ray Data raises ``RayTaskError(UserCodeException)`` for a failing UDF; its ``cause`` chain ends
-    at a ``UserCodeException`` without the original exception, which survives only as a line of the
-    remote traceback text (``orchestrator.errors.BadImageError: unreadable image ...``). A plain
-    ``RayTaskError(BadImageError)`` is itself a UserError but prints the whole traceback, so the
-    walk prefers its ``cause``, the original exception.
-    """
-    texts: list[str] = []
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, UserError) and not isinstance(err, RayError):
-            return err
-        texts.append(str(err))
-        err, seen = getattr(err, "cause", None) or err.__cause__, seen + 1
-    for text in texts:
-        match = _REMOTE_USER_ERROR.search(text)
-        if match:
-            cls = BadImageError if match["cls"] == "BadImageError" else UserError
-            return cls(match["msg"].strip())
-    return None
+def _unreadable_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    errors = np.asarray(batch[UNREADABLE], dtype=object)
+    return {UNREADABLE: errors[errors != ""]}

@@ -5,15 +5,13 @@ queries of every class; and ``data.eval_root``, a separate labelled tree such as
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.fs as pafs
 import ray.data
 
+from orchestrator.data import rows as rows_lib
 from orchestrator.data import sources
-from orchestrator.data.decode import decode_stage, materialize
-from orchestrator.errors import UserError
+from orchestrator.data.decode import decoded
+from orchestrator.data.rows import Rows
 from workloads.config import DataConfig
-
-Files = tuple[list[str], np.ndarray, pafs.FileSystem]  # paths, labels, their filesystem
 
 
 def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -41,50 +39,36 @@ def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Gener
     return held
 
 
-def _labelled_listing(listing: sources.FileListing, field: str, classes: list[str]) -> np.ndarray:
-    """An evaluation folder's labels in the training classes' numbering (matched by folder name)."""
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(listing.classes) - set(index))
-    if unknown:
-        raise UserError(f"{field}: class folders {unknown[:5]} are not among the training classes "
-                        f"({', '.join(classes[:5])}, ...); use an evaluation tree with the same class folders")
-    return np.asarray([index[listing.classes[i]] for i in listing.labels], dtype=np.int64)
+def eval_root_rows(cfg: DataConfig, classes: tuple[str, ...]) -> Rows:
+    """``data.eval_root``'s images, labelled in the training classes' numbering (matched by folder name),
+    or in its own when the training images have no class names (image files; Parquet, whose labels are
+    numbers: class folder i is label i)."""
+    listing = sources.list_image_folder(cfg.eval_root, field="data.eval_root")
+    return rows_lib.from_listing(listing, cfg.eval_root, classes, field="data.eval_root")
 
 
-def read_labelled(paths: list[str], labels: np.ndarray, fs: pafs.FileSystem, cfg: DataConfig, size: int
-                   ) -> ray.data.Dataset:
-    """Decoded centre squares of ``paths`` with their labels, materialised (a bad file fails here)."""
-    label_of = dict(zip(paths, labels.tolist(), strict=True))
-    raw = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
-        lambda b: {"bytes": b["bytes"], "path": b["path"],
-                   "label": np.asarray([label_of[p] for p in b["path"]], dtype=np.int64)})
-    return materialize(decode_stage(raw, cfg, size, "path", center_square=True))
-
-
-def eval_sets(cfg: DataConfig, size: int, seed: int, train: Files,
-               test: Files | None
-               ) -> tuple[ray.data.Dataset | None, ray.data.Dataset | None]:
-    """The kNN bank (a balanced sample of the labelled training files) and its queries (of ``test``);
-    with unlabelled training files, both come from ``test`` (data.eval_root), split in two."""
+def eval_sets(train: Rows, test: Rows | None, cfg: DataConfig, rng: np.random.Generator
+              ) -> tuple[ray.data.Dataset | None, ray.data.Dataset | None]:
+    """The kNN bank (a balanced sample of the labelled training rows) and its queries (of ``test``);
+    with unlabelled training images, both come from ``data.eval_root``, split in two. Decoded to
+    centre squares (None, None: nothing labelled to evaluate on)."""
     if test is None:
         return None, None
-    rng = np.random.default_rng(seed)
-    (paths, labels, fs), (t_paths, t_labels, t_fs) = train, test
-    if not (labels >= 0).any():  # unlabelled pretraining images: bank and queries from the eval tree
-        order = balanced_order(t_labels, rng)
+    if not train.labelled:
+        if not cfg.eval_root:
+            return None, None
+        order = balanced_order(test.labels, rng)
         half = len(order) // 2
-        paths, labels, fs = [t_paths[i] for i in order[:half]], t_labels[order[:half]], t_fs
-        t_paths, t_labels = [t_paths[i] for i in order[half:]], t_labels[order[half:]]
-    bank = balanced_order(labels, rng)[:cfg.eval_bank_size]
-    queries = balanced_order(t_labels, rng)[:cfg.eval_test_size]
+        train, test = test.take(order[:half]), test.take(order[half:])
+    bank = balanced_order(train.labels, rng)[:cfg.eval_bank_size]
+    queries = balanced_order(test.labels, rng)[:cfg.eval_test_size]
     if len(bank) == 0 or len(queries) == 0:
         return None, None
-    return (read_labelled([paths[i] for i in bank], labels[bank], fs, cfg, size),
-            read_labelled([t_paths[i] for i in queries], t_labels[queries], t_fs, cfg, size))
+    return labelled_squares(train.take(bank), cfg), labelled_squares(test.take(queries), cfg)
 
 
-def eval_root_files(cfg: DataConfig, classes: list[str]) -> Files:
-    listing = sources.list_image_folder(cfg.eval_root, field="data.eval_root")
-    if not classes:  # unlabelled training images: the evaluation tree's own classes
-        return listing.paths, np.asarray(listing.labels, dtype=np.int64), listing.filesystem
-    return listing.paths, _labelled_listing(listing, "data.eval_root", classes), listing.filesystem
+def labelled_squares(rows: Rows, cfg: DataConfig) -> ray.data.Dataset:
+    """``image`` (uint8 centre squares at the stored size) and ``label`` of ``rows``, read now."""
+    if rows.images is not None:  # already centre squares in memory
+        return rows.dataset()
+    return decoded(rows.dataset(), cfg, center_square=True)

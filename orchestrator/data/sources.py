@@ -2,7 +2,8 @@
 
 Each in-memory source returns uint8 images (N, H, W, 3) and int64 labels (-1 where unknown).
 File sources (ImageFolder trees, image files, Parquet) return a listing that Ray Data reads and
-decodes in parallel (see ``orchestrator.data``). The torchvision-format readers parse the files
+decodes in parallel (see ``orchestrator.data``); which source uses which reader is
+orchestrator/data/catalog.py's table. The torchvision-format readers parse the files
 themselves rather than through ``torchvision.datasets`` classes, whose integrity checks (md5 of the
 official archives) reject anything but the official bytes; torchvision is still what downloads them.
 """
@@ -12,17 +13,18 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
+from orchestrator import storage
 from orchestrator.errors import BadImageError, UserError
 from workloads.decode import decode_image, decode_whole
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-TORCHVISION_SOURCES = ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist")
 
 
 @dataclass
@@ -82,14 +84,7 @@ def load_torchvision(source: str, root: str, split: str, download: bool) -> Arra
     """CIFAR-10/100, STL-10, MNIST, Fashion-MNIST read from ``root`` in torchvision's layout."""
     if download:
         _download(source, root)
-    readers = {
-        "cifar10": _read_cifar10,
-        "cifar100": _read_cifar100,
-        "stl10": _read_stl10,
-        "mnist": lambda r, s: _read_mnist(r, s, "MNIST"),
-        "fashion_mnist": lambda r, s: _read_mnist(r, s, "FashionMNIST"),
-    }
-    train, test, num_classes = readers[source](root, split)
+    train, test, num_classes = _TORCHVISION[source][0](root, split)
     return ArraySource(train, test, num_classes)
 
 
@@ -98,12 +93,11 @@ def _download(source: str, root: str) -> None:
     import torchvision.datasets as tvd
 
     try:
+        cls = getattr(tvd, _TORCHVISION[source][1])
         if source == "stl10":
             for split in ("train", "test", "unlabeled"):
-                tvd.STL10(root, split=split, download=True)
+                cls(root, split=split, download=True)
             return
-        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
-               "fashion_mnist": tvd.FashionMNIST}[source]
         for train in (True, False):
             cls(root, train=train, download=True)
     except (OSError, RuntimeError) as err:  # URLError is an OSError
@@ -207,6 +201,18 @@ def _read_mnist(root: str, split: str, folder: str) -> tuple[ArraySplit, ArraySp
     return load("train"), load("t10k"), 10
 
 
+Reader = Callable[[str, str], tuple[ArraySplit, ArraySplit, int]]  # (root, split) -> train, test, classes
+# Each torchvision format: its reader, and the torchvision.datasets class that downloads it.
+_TORCHVISION: dict[str, tuple[Reader, str]] = {
+    "cifar10": (_read_cifar10, "CIFAR10"),
+    "cifar100": (_read_cifar100, "CIFAR100"),
+    "stl10": (_read_stl10, "STL10"),
+    "mnist": (lambda r, s: _read_mnist(r, s, "MNIST"), "MNIST"),
+    "fashion_mnist": (lambda r, s: _read_mnist(r, s, "FashionMNIST"), "FashionMNIST"),
+}
+TORCHVISION_SOURCES = tuple(_TORCHVISION)
+
+
 # --- files: ImageFolder trees, image files, Parquet --------------------------------------------------
 
 
@@ -220,18 +226,12 @@ class FileListing:
     filesystem: pafs.FileSystem
 
 
-def _resolve(uri: str, field: str) -> tuple[pafs.FileSystem, str]:
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"{field}: cannot open {uri!r}: {err}") from err
-    return fs, path
-
-
 def list_image_folder(root: str, field: str = "data.root") -> FileListing:
     """torchvision ImageFolder layout: ``root/<class>/<image>``; classes sorted, index = label."""
-    fs, base = _resolve(root, field)
+    fs, base = storage.filesystem(root, field)
     info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound and storage.is_uri(root):
+        raise storage.missing_remote(field, root, fs, base)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"{field}: {root!r} is not a folder of class folders (root/<class>/<image>)")
     entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -254,13 +254,15 @@ def list_image_folder(root: str, field: str = "data.root") -> FileListing:
 
 def list_image_files(uri: str) -> FileListing:
     """Image files by URI: one file, or every image file under a folder (recursively)."""
-    fs, base = _resolve(uri, "data.uri")
+    fs, base = storage.filesystem(uri, "data.uri")
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.File:
         paths = [base]
     elif info.type == pafs.FileType.Directory:
         paths = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
                        if e.type == pafs.FileType.File and e.path.lower().endswith(IMG_EXTENSIONS))
+    elif storage.is_uri(uri):
+        raise storage.missing_remote("data.uri", uri, fs, base)
     else:
         raise UserError(f"data.uri: {uri!r} does not exist")
     if not paths:
@@ -270,8 +272,10 @@ def list_image_files(uri: str) -> FileListing:
 
 def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
     """Check that a Parquet URI exists before Ray Data reads it."""
-    fs, path = _resolve(uri, "data.uri")
+    fs, path = storage.filesystem(uri, "data.uri")
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        if storage.is_uri(uri):
+            raise storage.missing_remote("data.uri", uri, fs, path)
         raise UserError(f"data.uri: {uri!r} does not exist")
     return fs, path
 
@@ -279,10 +283,10 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
 # --- decoding ---------------------------------------------------------------------------------------
 
 
-def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center_square: bool = False,
-                   whole: bool = False) -> np.ndarray | None:
-    """``decode_image`` (``decode_whole`` with ``whole``, for the crop stage) under the bad-image policy:
-    None to skip, or BadImageError naming the file."""
+def decode_checked(data: bytes | None, size: int, name: str, center_square: bool = False,
+                   whole: bool = False) -> np.ndarray:
+    """``decode_image`` (``decode_whole`` with ``whole``, for the crop stage), or BadImageError naming
+    the file when it cannot be decoded."""
     try:
         if not data:
             raise ValueError("empty file")
@@ -290,22 +294,17 @@ def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center
             return decode_whole(data, size)
         return decode_image(data, size, center_square)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        if policy == "skip":
-            return None
         raise BadImageError(
             f"unreadable image {name}: {err}; remove it, or set data.bad_images=skip to skip and count such files"
         ) from err
 
 
-def check_paths(source: str, root: str, uri: str, download: bool, eval_root: str = "") -> None:
-    """Fail fast, before Ray starts, on a local path that does not exist (remote URIs are checked when read)."""
-    if eval_root and "://" not in eval_root and not os.path.isdir(eval_root):
-        raise UserError(f"data.eval_root: no such folder {eval_root!r}; give a labelled ImageFolder tree "
-                        f"(root/<class>/<image>, e.g. ImageNet's val/) or set data.eval_root= to train without it")
-    if source in TORCHVISION_SOURCES and not download and not os.path.isdir(root):
-        raise UserError(f"data.root: no such folder {root!r} for {source}; point data.root at the dataset's "
-                        f"folder or set data.download=true to fetch it")
-    if source == "imagefolder" and "://" not in root and not os.path.isdir(root):
-        raise UserError(f"data.root: no such folder {root!r}; an ImageFolder tree is root/<class>/<image>")
-    if source in ("parquet", "images") and "://" not in uri and not os.path.exists(uri):
-        raise UserError(f"data.uri: {uri!r} does not exist; give a file, a folder or an s3:// / gs:// URI")
+def decode_or_none(data: bytes | None, size: int, name: str, policy: str, center_square: bool = False,
+                   whole: bool = False) -> np.ndarray | None:
+    """``decode_checked`` under the bad-image policy: None to skip, or the BadImageError under ``fail``."""
+    try:
+        return decode_checked(data, size, name, center_square, whole)
+    except BadImageError:
+        if policy == "skip":
+            return None
+        raise

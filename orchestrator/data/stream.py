@@ -142,16 +142,21 @@ def train_stream(store: RowStore, cfg: Config, clock: Any) -> ray.data.Dataset:
     """The lazy per-epoch training stream of ``cfg.method``'s views (plus ``row_id``).
 
     Each execution (one per epoch) reads the epoch from ``clock``; chunk ``j`` holds rows
-    ``[j·c, (j+1)·c)`` of that epoch's order, c = ``data.augment_batch_size``.
+    ``[j·c, (j+1)·c)`` of that epoch's order, c = ``data.augment_batch_size``. An unreadable file
+    under ``data.bad_images=fail`` (files decoded each epoch) raises its BadImageError as itself, not
+    wrapped in Ray Data's ``UserCodeException``, which keeps only its text: the run's failure names the
+    file (orchestrator/errors.py finds it by its class).
     """
     chunk_rows = cfg.data.augment_batch_size
     n = num_chunks(store, chunk_rows)
     kwargs: dict[str, Any] = {}
     if cfg.data.augment_workers:
         kwargs["concurrency"] = cfg.data.augment_workers
-    return ray.data.range(n, override_num_blocks=n).map_batches(
+    ds = ray.data.range(n, override_num_blocks=n).map_batches(
         partial(chunk_views, store=store, cfg=cfg, clock=clock), batch_size=1, **kwargs,
     )
+    ds.context.raise_original_map_exception = True
+    return ds
 
 
 def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, clock: Any,
@@ -222,11 +227,10 @@ def _from_blocks(store: RowStore, index: StoreIndex, positions: np.ndarray) -> l
 def _tensor_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[np.ndarray]:
     """Rows of a block's image column (Ray's tensor extension, fixed or variable shape) as numpy views
     of the block, no copy: Ray's ``to_numpy`` views each row in place, where Arrow's ``take`` copied
-    every selected row's pixels (about 0.9 ms per 256 px photo, as much as decoding its JPEG;
-    docs/BENCHMARKS.md, section 7). ``to_numpy`` makes a view of every row of what it is given, so a
-    chunk is converted whole only when at least ``1 / WHOLE_CHUNK_FRACTION`` of it is wanted, and
-    otherwise row by row through one-row slices (about 4x the cost per row): a shuffled epoch takes a
-    few rows from each of many blocks."""
+    every selected row's pixels (as much as decoding the photo's JPEG). ``to_numpy`` makes a view of
+    every row of what it is given, so a chunk is converted whole only when at least
+    ``1 / WHOLE_CHUNK_FRACTION`` of it is wanted, and otherwise row by row through one-row slices
+    (several times the cost per row): a shuffled epoch takes a few rows from each of many blocks."""
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(rows)
     start = 0
     for chunk in column.chunks:
@@ -246,8 +250,7 @@ def image_tensor(a: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> (3, H, W), a view: no copy of the image, read-only arrays included (a zero-copy
     view of the object store, a decoded photo's buffer). torch warns that a tensor over a read-only
     array could be written to; the crops only read it (the warning is filtered for this module only,
-    above). A copy here cost as much as a third of decoding an ImageNet-sized JPEG
-    (docs/BENCHMARKS.md, section 5)."""
+    above). A copy here would cost a good part of decoding an ImageNet-sized JPEG."""
     return torch.from_numpy(a).permute(2, 0, 1)
 
 

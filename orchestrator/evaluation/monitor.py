@@ -14,9 +14,10 @@ import numpy as np
 import ray.data
 import torch
 
-from orchestrator.data.prepare import normalize, to_tensor_images
+from orchestrator.data.prepare import to_tensor_images
 from orchestrator.tracking import plots
 from workloads.config import EvalConfig
+from workloads.method import normalize
 from workloads.probes import embed_2d, knn_accuracy, linear_probe
 
 

@@ -1,16 +1,12 @@
 """MLflow: runs and their history (runs.py), what a run records (record.py), its pictures (plots.py)."""
 
 from orchestrator.tracking.runs import (
-    EPOCH_KEY,
-    MAX_PARAM_LEN,
     artifact_location,
     client_for,
     end_run,
     experiment_id,
     find_run,
     log_history,
-    log_params,
-    logged_max_step,
     probe_server,
     reopen_run,
     resolve_uri,
@@ -20,8 +16,6 @@ from orchestrator.tracking.runs import (
 from orchestrator.tracking.tags import RUN_NAME_TAG
 
 __all__ = [
-    "EPOCH_KEY",
-    "MAX_PARAM_LEN",
     "RUN_NAME_TAG",
     "artifact_location",
     "client_for",
@@ -29,8 +23,6 @@ __all__ = [
     "experiment_id",
     "find_run",
     "log_history",
-    "log_params",
-    "logged_max_step",
     "probe_server",
     "reopen_run",
     "resolve_uri",

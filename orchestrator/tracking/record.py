@@ -1,16 +1,29 @@
-"""The parts of a run's MLflow record that MLflow's own types describe: the dataset as an input, system
-metrics, and the encoder as a model that takes the images people have (uint8) and needs none of our code."""
+"""What a run records in MLflow besides its metric histories (orchestrator/tracking/runs.py).
+
+Its inputs before it trains (``config.yaml``, a grid of augmented views, the dataset's facts as params
+and the dataset as an MLflow input), rank 0's pictures while it trains, each node's system metrics, and
+at the end its curves and the encoder as an MLflow model that takes the images people have (uint8) and
+needs none of our code.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
+from orchestrator.data import catalog
+from orchestrator.secrets import redact, redact_values
+from orchestrator.tracking import plots
+from orchestrator.tracking.runs import log_params
 from workloads.config import Config
 from workloads.method import MEAN, STD
 
@@ -34,6 +47,45 @@ class Uint8Encoder(nn.Module):
         return out
 
 
+def log_inputs(client: Any, run_id: str, cfg: Config, views: Mapping[str, Tensor], num_train: int,
+               num_classes: int, bad_images: int, steps_per_epoch: int) -> None:
+    """What goes into the run before it trains: the config, a grid of augmented ``views`` (uint8
+    (N, 3, H, W) per view column, as the trainer sees them), the facts of the data as read (the config's
+    own fields are under ``data.*``) and the dataset as an input."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = os.path.join(tmp, "config.yaml")
+        with open(config_path, "w") as f:
+            yaml.safe_dump(redact_values(cfg.to_dict()), f, sort_keys=False)
+        client.log_artifact(run_id, config_path)
+        grid = os.path.join(tmp, "augmented_views.png")
+        plots.views_grid(views["view0"], views.get("view1"), grid)
+        client.log_artifact(run_id, grid, "plots")
+    log_params(client, run_id, {"dataset.num_train": num_train, "dataset.num_classes": num_classes,
+                                "dataset.bad_images_skipped": bad_images, "dataset.steps_per_epoch": steps_per_epoch})
+    if bad_images > 0:
+        client.log_metric(run_id, "bad_images_skipped", bad_images)
+    log_dataset(client, run_id, cfg, num_train, num_classes)
+
+
+def log_curves(client: Any, run_id: str, history: Sequence[Mapping[str, float]]) -> None:
+    """``plots/curves.png``: loss and kNN top-1 against the epoch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = os.path.join(tmp, "curves.png")
+        plots.curves(history, curves)
+        if os.path.exists(curves):
+            client.log_artifact(run_id, curves, "plots")
+
+
+def log_pictures(client: Any, run_id: str, files: Sequence[str], folder: str, warn: Callable[[str], None]) -> None:
+    """Rank 0's pictures; a tracking server that is away costs the pictures (and a ``warn`` line), never
+    the training."""
+    for file in files:
+        try:
+            client.log_artifact(run_id, file, folder)
+        except Exception as err:
+            warn(f"MLflow: could not log {file.rsplit('/', 1)[-1]} ({redact(str(err))[:200]})")
+
+
 def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
     """The run's training data as an MLflow dataset: its source (a path or URI when it has one), a digest
     of what was read, and a profile with the number of images and classes."""
@@ -41,7 +93,7 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    where = cfg.data.uri or cfg.data.root
+    where = redact(data_location(cfg))
     source: Any = CodeDatasetSource({"data.source": cfg.data.source})
     if where:
         try:
@@ -62,6 +114,12 @@ def dataset_input(cfg: Config, num_train: int, num_classes: int) -> Any:
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
     return ImageDataset(source=source, name=cfg.data.source, digest=digest)
+
+
+def data_location(cfg: Config) -> str:
+    """The folder, file or bucket URI the run's images come from ("" for generated or packaged data)."""
+    needs = catalog.source(cfg.data.source).paths
+    return getattr(cfg.data, needs[0].field) if needs else ""
 
 
 def log_dataset(client: Any, run_id: str, cfg: Config, num_train: int, num_classes: int) -> None:

@@ -8,6 +8,7 @@ re-sends whatever the checkpoint holds beyond the last epoch MLflow has, so no e
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import UserError
 from orchestrator.secrets import redact
+from orchestrator.storage import is_uri
 from orchestrator.tracking.tags import EXPERIMENT_KIND_TAG, RUN_NAME_TAG
 
 EPOCH_KEY = "epoch"  # logged once per epoch; its history says which epochs MLflow already has
@@ -30,7 +32,7 @@ def resolve_uri(uri: str = "") -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return "sqlite:///" + os.path.abspath("mlflow.db")
-    if "://" not in uri:  # a bare path: a sqlite file
+    if not is_uri(uri):  # a bare path: a sqlite file
         return "sqlite:///" + os.path.abspath(uri)
     return uri
 
@@ -75,6 +77,36 @@ def probe_server(uri: str, timeout: float = 5.0) -> None:
     except requests.RequestException as err:
         raise UserError(f"tracking.uri: no MLflow server answers at {redact(uri)} ({type(err).__name__}); "
                         f"start it, or use a local store such as --tracking-uri sqlite:///mlflow.db") from err
+    probe_backend(uri, timeout)
+
+
+def probe_backend(uri: str, timeout: float = 5.0) -> None:
+    """One read of the server's store, not retried: a server whose database is down still answers
+    ``/health`` but fails every request with a 5xx, which MLflow's client retries for minutes."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        resp = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                            max_retries=0, raise_on_status=False, timeout=timeout, params={"max_results": 1})
+    except MlflowException as err:  # no answer in time, or the connection dropped
+        # (a server started while its database was down retries connecting inside the request)
+        raise UserError(f"tracking.uri: the MLflow server at {redact(uri)} did not answer a query within "
+                        f"{timeout:g} s; check the server and its backend store (database)") from err
+    if resp.status_code >= 500:
+        raise UserError(f"tracking.uri: the MLflow server at {redact(uri)} answers {resp.status_code} to a query "
+                        f"({redact(_error_message(resp.text))[:200]}); its backend store (database) is down or "
+                        f"unreachable from the server: check the database and --backend-store-uri")
+
+
+def _error_message(body: str) -> str:
+    """The ``message`` of MLflow's JSON error body (its first line), else the body's first line."""
+    try:
+        text = str(json.loads(body).get("message", "")) or body
+    except (ValueError, AttributeError):
+        text = body
+    return text.strip().splitlines()[0] if text.strip() else "no message"
 
 
 def find_run(client: MlflowClient, exp_id: str, run_name: str, parent_id: str = "") -> Any | None:
@@ -95,6 +127,10 @@ def start_run(client: MlflowClient, exp_id: str, run_name: str, params: Mapping[
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """A stopped or failed run resumed: RUNNING again, without the ``error`` tag of how it last ended
+    (else a run that then finishes still shows the stop's message in ``simclr runs``)."""
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
     client.update_run(run_id, status="RUNNING")
 
 

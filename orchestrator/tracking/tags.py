@@ -2,6 +2,7 @@
 
 RUN_NAME_TAG = "simclr.run_name"  # the run's name, the key `simclr train --name` resumes by
 COMPLETE_TAG = "simclr.complete"  # "true" once the run trained its last epoch
+CHECKPOINT_TAG = "simclr.checkpoint"  # where the run's newest checkpoint is: a path, or a bucket URI
 RESTART_TAG_PREFIX = "simclr.restart."  # simclr.restart.N: one per restart after a lost worker or node
 KIND_TAG = "simclr.kind"  # "sweep" on a sweep's parent run
 SWEEP_TAG = "simclr.sweep"  # the sweep's name, on its parent and every child

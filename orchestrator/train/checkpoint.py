@@ -6,6 +6,7 @@ A checkpoint folder holds one file, ``state.pt``: model and optimiser weights, t
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import ray.train
 import torch
 from torch import nn
 
+from orchestrator import storage
+from orchestrator.secrets import redact
 from orchestrator.train import faults
 from workloads.config import Config
 
@@ -61,19 +64,48 @@ def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, st
 
 def load_state_file(path: str) -> dict[str, Any]:
     """Load a checkpoint's state; a missing or truncated file is an error, never half a state."""
-    file = os.path.join(path, STATE_FILE)
+    return _parse(os.path.join(path, STATE_FILE), path)
+
+
+def read_checkpoint(location: str) -> dict[str, Any]:
+    """The state of the checkpoint folder at ``location``: a local path, or a URI in an object store
+    (``s3://bucket/runs/NAME/checkpoint_epoch_00010``), read whole into memory."""
+    if not storage.is_uri(location):
+        return load_state_file(location)
+    try:
+        fs, base = storage.filesystem(location.rstrip("/"))
+        with fs.open_input_stream(f"{base}/{STATE_FILE}") as f:
+            data = f.read()
+    except (OSError, ValueError) as err:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot open
+        reason = redact(storage.first_line(err))[:300]
+        raise CheckpointError(f"cannot read {STATE_FILE} of {redact(location)} ({reason}); pass a checkpoint "
+                              f"folder of a simclr run") from err
+    return _parse(io.BytesIO(data), location)
+
+
+def _parse(file: str | io.BytesIO, where: str) -> dict[str, Any]:
     try:
         payload: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"checkpoint {path!r} is incomplete or unreadable ({err}); "
+        raise CheckpointError(f"checkpoint {redact(where)!r} is incomplete or unreadable ({err}); "
                               f"use an earlier checkpoint of the run") from err
     missing = {"model", "optimizer", "epoch", "global_step", "config", "run_id"} - set(payload)
     if missing:
-        raise CheckpointError(f"checkpoint {path!r} lacks {sorted(missing)}; use an earlier checkpoint of the run")
+        raise CheckpointError(f"checkpoint {redact(where)!r} lacks {sorted(missing)}; use an earlier checkpoint "
+                              f"of the run")
     return payload
 
 
-def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint | None
+def checkpoint_uri(storage_root: str, checkpoint: ray.train.Checkpoint) -> str:
+    """Where a checkpoint Ray Train registered lives, as a user passes it to ``simclr eval``: a local path,
+    or the storage's URI (Ray keeps the path inside the bucket, without its scheme)."""
+    if not storage.is_uri(storage_root):
+        return str(checkpoint.path)
+    scheme = storage_root.split(storage.SCHEME, 1)[0]
+    return f"{scheme}://{str(checkpoint.path).lstrip('/')}"
+
+
+def latest_checkpoint(storage_root: str, name: str, registered: ray.train.Checkpoint | None
                       ) -> tuple[str, dict[str, Any]] | None:
     """The newest complete checkpoint of the run: Ray's registered one, or a newer one on storage.
 
@@ -89,16 +121,16 @@ def latest_checkpoint(storage: str, name: str, registered: ray.train.Checkpoint 
                 best = (registered.path, load_state_file(d))
         except CheckpointError:
             best = None
-    fs, base = pafs.FileSystem.from_uri(storage if "://" in storage else "file://" + os.path.abspath(storage))
-    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True))
+    fs, base = storage.patient_filesystem(storage.join(storage_root, name))
+    entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
                     and e.base_name.startswith("checkpoint_epoch_")), reverse=True)
     for dir_name in names:
         if best is not None and dir_name <= os.path.basename(best[0].rstrip("/")):
             break  # sorted newest first: nothing newer than the registered one is left
         try:
-            with ray.train.Checkpoint(f"{base}/{name}/{dir_name}", filesystem=fs).as_directory() as d:
-                return f"{base}/{name}/{dir_name}", load_state_file(d)
+            with ray.train.Checkpoint(f"{base}/{dir_name}", filesystem=fs).as_directory() as d:
+                return f"{base}/{dir_name}", load_state_file(d)
         except (CheckpointError, FileNotFoundError):
             continue
     return best

@@ -17,6 +17,6 @@ class TrainJob:
     tracking_uri: str  # "" : no MLflow (tests of the Trainer without a tracking store)
     steps_per_epoch: int
     num_classes: int = 0  # labelled evaluation data given as the eval_bank / eval_test datasets (0: none)
-    stop_flag: Any = None  # the driver's StopFlag actor (orchestrator/interrupt.py); None: no stop protocol
+    stop_flag: Any = None  # the run's StopFlag actor (orchestrator/train/stopflag.py); None: no stop protocol
     epoch_clock: Any = None  # the stream's EpochClock actor (orchestrator/data/stream.py); None: a fixed stream
     console: bool = False  # rank 0 also sends its progress lines to the driver (the quiet console)

@@ -1,5 +1,5 @@
-"""What a train worker tells the driver and MLflow: progress lines, restarts, metric flushes, and the
-driver's stop flag and fatal errors (the StopFlag actor of orchestrator/interrupt.py)."""
+"""What a train worker records in the run besides its metrics: restarts of the worker group, each
+node's system metrics, and the checkpointed epochs MLflow still lacks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,40 +19,16 @@ from orchestrator import tracking
 from orchestrator.secrets import redact
 from orchestrator.tracking import record
 from orchestrator.tracking.tags import RESTART_TAG_PREFIX
+from orchestrator.train import stopflag
 from orchestrator.train.checkpoint import TrainState
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-_console: Any = None  # the driver's StopFlag actor when the driver prints our lines (set once per worker)
-
-
-def log(msg: str, transient: bool = False) -> None:
-    """A progress line on stderr (stdout stays clean for --json). Written directly: Ray Train patches
-    ``print`` on workers to go through the root logger, which shows each line twice. With a quiet
-    console the line also goes to the driver, which shows it (``transient``: steps within an epoch,
-    on a terminal only) while Ray's forwarded output goes to the run's log file."""
-    line = redact(msg)
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-    if _console is not None:
-        _console.say.remote(("~" if transient else "") + line)
-
-
-def set_console(flag: Any) -> None:
-    global _console
-    _console = flag
+from orchestrator.train.stopflag import say
 
 
 def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found: str) -> None:
     """Rank 0, once per worker group: a second or later attempt within one fit() is a restart after a
     lost worker process or node. Record it on the MLflow run: the ``restarts`` metric (its count) and a
     ``simclr.restart.N`` tag plus ``restarts/restart_N.json`` (time, cause, epochs and steps lost)."""
-    if flag is None:
-        return
-    attempt, previous = ray.get(flag.attempt_started.remote(), timeout=60)
+    attempt, previous = stopflag.attempt_started(flag)
     if attempt < 2:
         return
     n = attempt - 1
@@ -67,7 +42,7 @@ def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found:
         "epoch_in_progress": int(previous.get("epoch", state.epoch + 1)),
         "steps_lost": max(0, reached - state.global_step),
     }
-    log(f"restart {n}: {record['cause']}; resumed after epoch {state.epoch}, {record['steps_lost']} steps lost")
+    say(f"restart {n}: {record['cause']}; resumed after epoch {state.epoch}, {record['steps_lost']} steps lost")
     if client is None:
         return
     try:
@@ -75,7 +50,7 @@ def start_attempt(flag: Any, client: Any, run_id: str, state: TrainState, found:
         client.set_tag(run_id, f"{RESTART_TAG_PREFIX}{n}", json.dumps(record, sort_keys=True))
         client.log_dict(run_id, record, f"restarts/restart_{n}.json")
     except Exception as err:  # the tracking server may be away; training goes on
-        log(f"MLflow: could not record restart {n} ({redact(str(err))[:200]})")
+        say(f"MLflow: could not record restart {n} ({redact(str(err))[:200]})")
 
 
 def _restart_cause(since: float) -> str:
@@ -103,7 +78,7 @@ def node_metrics(run_id: str, uri: str) -> Iterator[None]:
         try:
             monitor = record.system_metrics(run_id, uri, node)
         except Exception as err:  # no psutil, the tracking server away: training goes on without them
-            log(f"MLflow: no system metrics from node {node} ({redact(str(err))[:200]})")
+            say(f"MLflow: no system metrics from node {node} ({redact(str(err))[:200]})")
     try:
         yield
     finally:
@@ -134,39 +109,6 @@ def this_node() -> str:
     return record.node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
 
 
-def report_fatal(flag: Any, message: str) -> None:
-    """Tell the driver of a deterministic failure (a non-finite loss), then give it time to end the run
-    before this worker raises. Raised at once, the error reaches Ray Train's controller, which may
-    restart the worker group before the driver's next poll (every ``FATAL_POLL_S``) fails the run;
-    the restarted group fails at its first check, but a restart is what the run was to be spared. The
-    driver ends the run within a poll or two, and this worker with it; ``FATAL_GRACE_S`` bounds the
-    wait where no driver polls."""
-    if flag is None:
-        return
-    ray.get(flag.fail.remote(message), timeout=60)
-    time.sleep(FATAL_GRACE_S)
-
-
-FATAL_GRACE_S = 30.0  # 15 of the driver's polls (orchestrator/train/driver.py: FATAL_POLL_S)
-
-
-def check_fatal(flag: Any, timeout: float = 60) -> None:
-    """Raise the deterministic failure (a non-finite loss) a worker recorded on the flag, if any: a
-    restarted attempt fails at once with it, and the driver's poll fails the run with it."""
-    if flag is not None:
-        message = ray.get(flag.fatal_error.remote(), timeout=timeout)
-        if message:
-            raise NonFiniteLossError(message)
-
-
-def flag_set(flag: Any) -> bool:
-    """Whether the driver asked for a stop (Ctrl-C, SIGTERM)."""
-    try:
-        return bool(ray.get(flag.is_set.remote(), timeout=30))
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False  # the driver is gone or unreachable: nobody can ask for a stop
-
-
 def flush(client: Any, run_id: str, state: TrainState) -> None:
     """Send checkpointed epochs MLflow lacks. When the server is away, training goes on: the records
     stay in the checkpoint and are re-sent at the next checkpoint (and by the driver at the end)."""
@@ -174,14 +116,5 @@ def flush(client: Any, run_id: str, state: TrainState) -> None:
         tracking.log_history(client, run_id, state.history)
         tracking.log_history(client, run_id, state.step_history, step_key="global_step")
     except Exception as err:  # MlflowException, connection errors: never stop training for metrics
-        log(f"MLflow unreachable ({redact(str(err)).splitlines()[0][:200]}); "
+        say(f"MLflow unreachable ({redact(str(err)).splitlines()[0][:200]}); "
             f"epochs up to {state.epoch} are kept in the checkpoint and re-sent later")
-
-
-def log_artifacts(client: Any, run_id: str, files: list[str], folder: str) -> None:
-    """Rank 0's pictures; a tracking server that is away costs the pictures, never the training."""
-    for file in files:
-        try:
-            client.log_artifact(run_id, file, folder)
-        except Exception as err:
-            log(f"MLflow: could not log {file.rsplit('/', 1)[-1]} ({redact(str(err))[:200]})")

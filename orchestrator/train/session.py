@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import storage
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_interrupt
 from workloads.config import TrainConfig
@@ -38,7 +39,7 @@ def ray_session(opts: RayOptions, dashboard: bool = True) -> Iterator[None]:
     try:
         if address:
             # host:port: tell this job's workers too, for the State API lookup of start_local_ray
-            direct = address not in ("auto", "local") and "://" not in address
+            direct = address not in ("auto", "local") and not storage.is_uri(address)
             ray.init(address=address, log_to_driver=True,
                      runtime_env={"env_vars": {"RAY_ADDRESS": address}} if direct else None)
         else:
@@ -57,7 +58,7 @@ def start_local_ray(num_cpus: int = 0, object_store_mb: int = 0, dashboard: bool
 
     With ``dashboard``, its workers also learn where its State API is: Train V2's PlacementGroupCleaner
     asks it whether a trial's TorchTrainer controller died and then frees the placement group; without
-    it every trial ASHA stops keeps its CPUs and the next trial waits forever (ENVIRONMENT.md), and
+    it every trial ASHA stops keeps its CPUs and the next trial waits forever, and
     every training prints "Failed to query Ray Train Controller actor state" every few seconds. The
     cleaner looks the API up from inside a worker, and with several Ray instances on one machine that
     lookup fails ("Found multiple active Ray instances"), so the runtime_env names the dashboard's
@@ -87,9 +88,8 @@ def _total_memory() -> int:
 def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
     """CPUs each train worker reserves, leaving the rest to Ray Data's decode and augmentation tasks.
 
-    A worker per CPU would starve Ray Data and hang (ENVIRONMENT.md: "Cluster resources are not enough
-    to run any task from TaskPoolMapOperator"); so a quarter of the CPUs (at least one, at most half)
-    stay free for data.
+    A worker per CPU would starve Ray Data and hang ("Cluster resources are not enough to run any task
+    from TaskPoolMapOperator"); so a quarter of the CPUs (at least one, at most half) stay free for data.
     """
     w = train.workers
     if train.use_gpu and gpus < w:
@@ -106,3 +106,11 @@ def cpus_per_worker(train: TrainConfig, cpus: float, gpus: float) -> float:
         return train.cpus_per_worker
     share = (cpus - reserve) / w
     return min(share, 8.0) if train.use_gpu else share
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars: the driver's DataContext is copied into every dataset made after this,
+    and from there into the Train workers' iterators and the split coordinator."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False

@@ -20,21 +20,16 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator import tracking
+from orchestrator.errors import NonFiniteLossError
 from orchestrator.evaluation.monitor import LabelledImages, evaluate
-from orchestrator.train import faults
+from orchestrator.tracking.record import log_pictures
+from orchestrator.train import faults, stopflag
 from orchestrator.train.checkpoint import TrainState, latest_checkpoint, optimizer_to, restore, save_state
 from orchestrator.train.env import WorkerEnv
 from orchestrator.train.job import TrainJob
 from orchestrator.train.model import unwrap, use_bf16, use_channels_last
-from orchestrator.train.progress import (
-    NonFiniteLossError,
-    flag_set,
-    flush,
-    log,
-    log_artifacts,
-    report_fatal,
-    start_attempt,
-)
+from orchestrator.train.progress import flush, start_attempt
+from orchestrator.train.stopflag import say
 from workloads.method import Net, normalize
 from workloads.methods import method
 from workloads.optim import build_optimizer, scaled_lr, set_lr, set_weight_decay, warmup_cosine
@@ -78,7 +73,7 @@ class Trainer:
             init = self.evaluate(linear=True)
             self.state.history.append({"epoch": 0, **init})
             if self.env.rank0:
-                log("epoch 0 (initialisation): " + " ".join(f"{k} {v:.4f}" for k, v in init.items()))
+                say("epoch 0 (initialisation): " + " ".join(f"{k} {v:.4f}" for k, v in init.items()))
 
     def build(self) -> str:
         """Identical initial weights on every worker, restored from the newest checkpoint if any;
@@ -99,7 +94,7 @@ class Trainer:
         if found is not None:
             self.state = restore(found[1], model, self.optimizer)
             if env.rank0:
-                log(f"resumed from {found[0]} after epoch {self.state.epoch}")
+                say(f"resumed from {found[0]} after epoch {self.state.epoch}")
         self.model = env.wrap(model, self.method.ddp_kwargs)
         self.core = unwrap(self.model)
         optimizer_to(self.optimizer, env.device)
@@ -183,14 +178,14 @@ class Trainer:
     def _non_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         message = (f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
                    f"lower optim.lr or raise loss.temperature (the last good checkpoint is kept)")
-        report_fatal(self.job.stop_flag, message)
+        stopflag.fatal(self.job.stop_flag, message)
         raise NonFiniteLossError(message)
 
     def log_step(self, epoch: int, steps: int, loss: torch.Tensor, start: float) -> bool:
         """Every ``train.log_every_steps``: rank 0's step loss joins every rank's history, and every rank
         learns at the same step whether the driver asked for a stop (one all-reduce carries both)."""
         rank0, flag = self.env.rank0, self.job.stop_flag
-        asked = 1.0 if rank0 and flag is not None and flag_set(flag) else 0.0
+        asked = 1.0 if rank0 and stopflag.stop_requested(flag) else 0.0
         shared = torch.tensor([asked, loss.item() if rank0 else 0.0], dtype=torch.float64, device=self.env.device)
         if self.env.world > 1:
             dist.all_reduce(shared)
@@ -198,10 +193,9 @@ class Trainer:
         self.state.step_history.append({"global_step": self.state.global_step, "step_loss": step_loss})
         if rank0:
             elapsed = time.perf_counter() - start
-            log(f"epoch {epoch}/{self.cfg.train.epochs} step {steps}/{self.job.steps_per_epoch} loss {step_loss:.4f} "
+            say(f"epoch {epoch}/{self.cfg.train.epochs} step {steps}/{self.job.steps_per_epoch} loss {step_loss:.4f} "
                 f"lr {self.lr:.4g} {steps * self.cfg.train.batch_size / max(elapsed, 1e-9):.0f} img/s", transient=True)
-            if flag is not None:
-                flag.progress.remote(epoch, self.state.global_step)
+            stopflag.progress(flag, epoch, self.state.global_step)
         return bool(shared[0].item() > 0)
 
     def stop(self, epoch: int, steps: int) -> None:
@@ -209,7 +203,7 @@ class Trainer:
         schedule restarts at the epoch's first step; the weights keep what the partial epoch learnt)."""
         self.state.global_step = self.state.epoch * self.job.steps_per_epoch
         if self.env.rank0:
-            log(f"stopped at epoch {epoch}, step {steps}: checkpoint saved; run again with the same name to resume")
+            say(f"stopped at epoch {epoch}, step {steps}: checkpoint saved; run again with the same name to resume")
         self.checkpoint({"epoch": float(self.state.epoch), "interrupted": 1.0}, save=True,
                         dir_name=f"checkpoint_epoch_{self.state.epoch:05d}_stopped_{epoch:05d}_{steps:06d}")
 
@@ -244,12 +238,12 @@ class Trainer:
             images = self.test.images[:8] if self.test is not None else first[:8].cpu()
             pngs += self.pictures(images)
         if self.client is not None:
-            log_artifacts(self.client, self.job.run_id, pngs, "plots")
+            log_pictures(self.client, self.job.run_id, pngs, "plots", say)
         self.state.epoch = epoch
         self.state.history.append(record)
         if rank0:
             shown = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
-            log(f"epoch {epoch}/{cfg.train.epochs} done: {shown}")
+            say(f"epoch {epoch}/{cfg.train.epochs} done: {shown}")
         save = epoch % cfg.train.checkpoint_every == 0 or epoch == self.last_epoch
         self.checkpoint(record, save)
         if self.client is not None and save:

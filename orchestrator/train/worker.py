@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.train import stopflag
 from orchestrator.train.env import ray_env
 from orchestrator.train.job import TrainJob
-from orchestrator.train.progress import check_fatal, node_metrics, set_console
+from orchestrator.train.progress import node_metrics
 from orchestrator.train.trainer import Trainer
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
-    set_console(job.stop_flag if job.console else None)
-    check_fatal(job.stop_flag)
+    stopflag.connect(job.stop_flag if job.console else None)
+    stopflag.raise_fatal(job.stop_flag)
     with node_metrics(job.run_id, job.tracking_uri):
         Trainer(job, ray_env()).fit()

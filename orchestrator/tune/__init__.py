@@ -1,15 +1,8 @@
 """``simclr tune``: a Ray Tune sweep whose every trial is a full training."""
 
-from orchestrator.tune.report import SweepOutcome, TrialSummary, best_trial, markdown_table, results_rows
+from orchestrator.tune.report import TrialSummary, best_trial, markdown_table, results_rows
 from orchestrator.tune.resources import plan_resources
-from orchestrator.tune.space import (
-    Dimension,
-    param_space,
-    parse_dimension,
-    parse_search,
-    search_from_yaml,
-    validate_space,
-)
+from orchestrator.tune.space import param_space, parse_dimension, parse_search, validate_space
 from orchestrator.tune.spec import SweepSpec
 from orchestrator.tune.sweep import (
     TuneOptions,
@@ -17,14 +10,11 @@ from orchestrator.tune.sweep import (
     prepare_sweep,
     resume_sweep,
     run_sweep,
-    start_ray_for_tune,
 )
 from orchestrator.tune.trial import LastEpochASHA, build_search_alg
 
 __all__ = [
-    "Dimension",
     "LastEpochASHA",
-    "SweepOutcome",
     "SweepSpec",
     "TrialSummary",
     "TuneOptions",
@@ -40,7 +30,5 @@ __all__ = [
     "results_rows",
     "resume_sweep",
     "run_sweep",
-    "search_from_yaml",
-    "start_ray_for_tune",
     "validate_space",
 ]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
 
 from orchestrator import console
 from orchestrator.secrets import redact
-from orchestrator.train.driver import failure_message, log_console_file, run_log_path
+from orchestrator.train.run import failure_message, last_line, log_console_file, run_log_path
 
 SHOWN_METRICS = ("loss", "knn_top1")  # per epoch; the sweep's metric is added when it is another one
 
@@ -113,14 +113,22 @@ class TrialLines(tune.Callback):
 
 
 def _error(trial: Any) -> str:
-    """The one line of a failed trial's error. Tune writes the error file in the trial's local folder
-    before the callbacks run (``Trial.get_error`` reads the storage copy, synced later)."""
+    """The one line of a failed trial's error. Tune writes the error, pickled and as text, in the
+    trial's local folder before the callbacks run (``Trial.get_pickled_error`` reads the storage copy,
+    synced later); the text stands in when the error could not be pickled."""
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            err = cloudpickle.load(f)
+    except Exception:  # not pickled (an error that cannot be), or of a class this process cannot load
+        err = None
+    if isinstance(err, BaseException):
+        return failure_message(err)
     try:
         with open(trial.error_file) as f:
             text = f.read()
-    except (OSError, TypeError):  # no local file: the summary still has the trial's status and error
+    except (OSError, TypeError, AttributeError):  # no local file: the summary has the trial's status and error
         text = ""
-    return failure_message(RuntimeError(text)) if text.strip() else "see the sweep's log file"
+    return last_line(text) or "see the sweep's log file"
 
 
 def _plain(value: Any) -> Any:

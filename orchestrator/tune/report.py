@@ -15,10 +15,11 @@ from typing import Any
 from ray import tune
 
 from orchestrator import tracking
+from orchestrator.storage import join
 from orchestrator.tracking import plots
 from orchestrator.tracking.tags import BEST_TRIAL_TAG
-from orchestrator.train.driver import failure_message
-from orchestrator.tune.spec import BASE_CONFIG_FILE, SweepSpec, join
+from orchestrator.train.run import failure_message, last_line
+from orchestrator.tune.spec import BASE_CONFIG_FILE, SweepSpec
 from orchestrator.tune.trial import plain, trial_run_name
 
 
@@ -65,11 +66,18 @@ def load_trials(spec: SweepSpec) -> list[Any]:
 
 
 def _trial_error(trial: Any) -> str:
+    """The one line of a failed trial's error: from the error Tune pickled, else the last line of its text."""
     try:
-        err = trial.get_error()
-    except Exception:  # the error file is gone or unreadable
+        err = trial.get_pickled_error()
+    except Exception:  # the file is gone, unreadable, or names a class this process cannot import
         err = None
-    return failure_message(err) if err is not None else "trial failed"
+    if err is not None:
+        return failure_message(err)
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:  # the error file is gone or unreadable
+        text = ""
+    return last_line(text) or "trial failed"
 
 
 def summarise(spec: SweepSpec, trials: Sequence[Any]) -> SweepOutcome:

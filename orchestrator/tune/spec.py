@@ -4,13 +4,13 @@ beside it, in the Tune experiment folder (local or an object-store URI)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
 import yaml
 
+from orchestrator import storage
+from orchestrator.storage import join
 from orchestrator.tune.space import Dimension, parse_dimension
 
 SPEC_FILE = "simclr_sweep.json"  # in the Tune experiment folder: what --resume needs to rebuild the trainable
@@ -57,28 +57,13 @@ class SweepSpec:
         return int(self.base["train"]["epochs"])
 
 
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
-
-
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path if "://" in path else "file://" + os.path.abspath(path))
-
-
 def save_spec(spec: SweepSpec) -> None:
     """The spec (for --resume) and the user's base config (for the printed train command)."""
-    fs, base = _fs(spec.path)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/{SPEC_FILE}") as f:
-        f.write(json.dumps(asdict(spec), indent=1, sort_keys=True).encode())
-    with fs.open_output_stream(f"{base}/{BASE_CONFIG_FILE}") as f:
-        f.write(yaml.safe_dump(spec.user_base, sort_keys=False).encode())
+    storage.write_bytes(join(spec.path, SPEC_FILE), json.dumps(asdict(spec), indent=1, sort_keys=True).encode())
+    storage.write_bytes(join(spec.path, BASE_CONFIG_FILE), yaml.safe_dump(spec.user_base, sort_keys=False).encode())
 
 
 def load_spec(path: str) -> SweepSpec | None:
-    fs, base = _fs(path)
-    if fs.get_file_info(f"{base}/{SPEC_FILE}").type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{base}/{SPEC_FILE}") as f:
-        return SweepSpec(**json.loads(f.read().decode()))
+    data = storage.read_bytes(join(path, SPEC_FILE))
+    return None if data is None else SweepSpec(**json.loads(data.decode()))
 

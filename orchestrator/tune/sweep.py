@@ -22,50 +22,37 @@ trial.py (the trainable, ASHA, the search algorithm), report.py (outcome and par
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray import tune
 
 from orchestrator import console, tracking
+from orchestrator.data.catalog import evaluates_on_labels
 from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_sigint
-from orchestrator.train.driver import failure_message, storage_path
-from orchestrator.train.session import RayOptions, ray_session, start_local_ray
+from orchestrator.storage import absolute, join
+from orchestrator.train.run import failure_message, storage_path
+from orchestrator.train.session import RayOptions, ray_session
 from orchestrator.tune import progress
 from orchestrator.tune.report import SweepOutcome, first_error, load_trials, report_parent, summarise
 from orchestrator.tune.resources import cluster_plan
 from orchestrator.tune.runs import end_orphans, fix_child_runs, start_parent
 from orchestrator.tune.space import Dimension, param_space, parse_search, validate_space
-from orchestrator.tune.spec import SweepSpec, join, load_spec, save_spec
+from orchestrator.tune.spec import SweepSpec, load_spec, save_spec
 from orchestrator.tune.trial import (
     build_scheduler,
     build_search_alg,
     make_trainable,
     shared_data,
-    simclr_trial,  # noqa: F401 - sweeps saved before the split pickled it from here
+    simclr_trial,  # noqa: F401 - a saved sweep may name its trainable by this module's path
     trial_dirname,
 )
-from workloads.config import Config, DataConfig
+from workloads.config import Config
 from workloads.methods import method
-
-
-def data_has_labels(data: DataConfig) -> bool:
-    """Whether runs report ``knn_top1``: labelled data with a held-out split (own test split or holdout)."""
-    if data.source in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
-        return True
-    if data.source == "stl10":
-        return data.split != "unlabeled"
-    if data.source in ("digits", "synthetic", "imagefolder"):
-        return data.holdout_fraction > 0
-    if data.source == "parquet":
-        return bool(data.label_column) and data.holdout_fraction > 0
-    return False
 
 
 @dataclass
@@ -95,14 +82,14 @@ def _absolute(cfg: Config) -> Config:
     for key in ("data.root", "data.uri"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value and "://" not in value:
-            over[key] = os.path.abspath(value)
+        if value:
+            over[key] = absolute(value)
     return cfg.replace(over)
 
 
 def metric_and_mode(cfg: Config, opts: TuneOptions) -> tuple[str, str]:
     """``--metric``/``--mode``, else knn_top1 (max) when runs evaluate on labels, else loss (min)."""
-    metric = opts.metric or ("knn_top1" if data_has_labels(cfg.data) else "loss")
+    metric = opts.metric or ("knn_top1" if evaluates_on_labels(cfg.data) else "loss")
     mode = opts.mode or ("max" if metric.endswith(("top1", "acc", "accuracy")) else "min")
     return metric, mode
 
@@ -129,7 +116,7 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
         if opts.reduction_factor <= 1:
             raise UserError(f"--reduction-factor must be > 1; got {opts.reduction_factor:g}")
     metric, _ = metric_and_mode(cfg, opts)
-    if metric in ("knn_top1", "linear_probe_top1") and not data_has_labels(cfg.data):
+    if metric in ("knn_top1", "linear_probe_top1") and not evaluates_on_labels(cfg.data):
         raise UserError(f"--metric {metric}: data.source={cfg.data.source} gives no held-out labels here; "
                         f"use --metric loss")
     if metric == "knn_top1" and cfg.eval.every_epochs != 1:
@@ -142,15 +129,6 @@ def prepare_sweep(cfg: Config, opts: TuneOptions, file_search: Sequence[str] = (
     dims = parse_search(texts or method(cfg.method).search)
     validate_space(cfg, dims, opts.search_alg)
     return dims
-
-
-def start_ray_for_tune(num_cpus: int = 0, object_store_mb: int = 0) -> None:
-    """A local Ray with its dashboard, which Train V2's placement-group cleanup needs (see start_local_ray)."""
-    start_local_ray(num_cpus, object_store_mb, dashboard=True)
-
-
-def tune_session(opts: RayOptions) -> AbstractContextManager[None]:
-    return ray_session(opts, dashboard=True)
 
 
 def _check_dashboard(scheduler: str) -> None:
@@ -183,7 +161,7 @@ def run_sweep(cfg: Config, opts: TuneOptions, ray_opts: RayOptions | None = None
     uri = user_base.tracking.uri
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, cfg.tracking.experiment, uri)
-    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), ray_session(ray_opts or RayOptions()):
         sigterm_as_sigint()  # SIGTERM: Tune's graceful Ctrl-C stop
         _check_dashboard(opts.scheduler)
         plan = cluster_plan(cfg.train, opts.max_concurrent)
@@ -225,7 +203,7 @@ def resume_sweep(name: str, storage: str, ray_opts: RayOptions | None = None, qu
         raise UserError(f"--resume {name}: no sweep to resume in {path} (set train.storage_path to the sweep's "
                         f"storage folder)")
     client = tracking.client_for(spec.tracking_uri)
-    with console.capture(progress.log_path(storage, name), verbose=not quiet), tune_session(ray_opts or RayOptions()):
+    with console.capture(progress.log_path(storage, name), verbose=not quiet), ray_session(ray_opts or RayOptions()):
         sigterm_as_sigint()
         _check_dashboard(spec.scheduler)
         # The trials keep their planned CPUs (in the base config): refuse up front if they no longer fit.

@@ -12,7 +12,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from orchestrator.data.prepare import PreparedData, prepare
-from orchestrator.train.driver import quiet_ray_data, train
+from orchestrator.train.driver import train
+from orchestrator.train.session import quiet_ray_data
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
 from workloads.config import Config
@@ -65,7 +66,7 @@ def shares_data(spec: SweepSpec) -> bool:
 
 
 def shared_data(spec: SweepSpec, client: Any, quiet: bool = False) -> PreparedData | None:
-    """The sweep's data, read and decoded once in the sweep's driver for all its trials (issue 15): the
+    """The sweep's data, read and decoded once in the sweep's driver for all its trials: the
     decoded rows stay in the object store, owned by this driver, and each trial streams its own views
     from them. None (each trial prepares its own) when ``shares_data`` is false. The time it took is
     logged on the parent run (``prepare_seconds``), as each trial logs its own. ``quiet``: the datasets

@@ -1,6 +1,6 @@
 """Every bench script runs with --quick and prints one JSON object with its figures and ratios.
 
-Plumbing only: no figure is compared with a threshold (STYLE.md: a benchmark is a script with a
+Plumbing only: no figure is compared with a threshold (a benchmark is a script with a
 command in docs/BENCHMARKS.md, never a timed assertion in a test). The three Ray-free scripts run at
 once (about 10 s); end_to_end starts a local Ray and a Ray Train worker group, whose start-up alone
 takes most of a minute on 2 cores, so its test is marked slow.

@@ -1,34 +1,25 @@
-"""A throwaway multi-node Ray cluster on 127.0.0.1 for the cluster tests.
-
-Every node is a ``ray start --block`` process in its own process group, so a test can kill one node
-(its raylet, object store, agents and workers) with one ``killpg`` and tear the whole cluster down
-without ``ray stop``: ``ray stop`` kills *every* Ray process on the machine by name, including other
-people's clusters, whatever ``--temp-dir`` says. Each cluster has its own short temp dir (unix socket
-paths are limited to 107 bytes), its own ports and its own HOME, so it never reads or writes the real
-``~/.ray`` (Ray 2.60 turns token auth on by itself when it finds ``~/.ray/auth_token``).
+"""Helpers of the cluster tests: the `simclr` CLI as a user runs it, the tiny training they submit, and
+the MLflow run a job made. The cluster itself is ``cluster.ray_nodes.LocalCluster`` (also what
+``python -m cluster.local up`` starts for users).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-VENV_BIN = os.path.dirname(sys.executable)
-START_ATTEMPTS = 3
+from services import S3
+
+from cluster.ray_nodes import LocalCluster
+from cluster.services import VENV_BIN, free_port
+
+__all__ = ["SIMCLR", "TINY", "LocalCluster", "find_run", "free_port", "registered_epoch", "simclr", "wait_until"]
+
 SIMCLR = os.path.join(VENV_BIN, "simclr")
 
 # The tiny synthetic run the cluster tests train (add --epochs).
@@ -57,200 +48,21 @@ def simclr(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600
                           stdin=subprocess.DEVNULL)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def descendant_pids(root: int) -> list[int]:
-    """Every live descendant of ``root``, from the parent pids in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-@dataclass
-class Node:
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    tag: str  # a custom resource only this node has, to find it in the state API
-
-    def kill(self) -> None:
-        """SIGKILL the node: its process group (raylet, object store, agents, workers) and every
-        descendant, which includes job drivers (the job supervisor starts them in their own session)."""
-        descendants = descendant_pids(self.proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        for pid in descendants:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-
-
-@dataclass
-class LocalCluster:
-    """Head + worker nodes on 127.0.0.1; ``auth_mode`` is "token" or "disabled" on every node."""
-
-    auth_mode: str = "token"
-    extra_env: dict[str, str] = field(default_factory=dict)
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
-    token: str = field(default_factory=lambda: secrets.token_hex(32))
-    nodes: list[Node] = field(default_factory=list)
-    gcs_port: int = 0
-    dashboard_port: int = 0
-
-    def __post_init__(self) -> None:
-        self.home = self.root / "home"
-        (self.home / ".ray").mkdir(parents=True)
-        self.token_file = self.home / ".ray" / "auth_token"
-        self.token_file.write_text(self.token)
-        self.token_file.chmod(0o600)
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    @property
-    def gcs_address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
-
-    def env(self) -> dict[str, str]:
-        """The environment of every node: the venv first on PATH (jobs run the ``python`` found there)."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_", "MLFLOW_")) and k not in ("HOME", "VIRTUAL_ENV", "PYTHONPATH")}
-        env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), HOME=str(self.home),
-                   RAY_AUTH_MODE=self.auth_mode, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-        env.update(self.extra_env)
-        return env
-
-    def _launch(self, index: int, attempt: int, args: list[str], num_cpus: int,
-                resources: dict[str, float] | None, object_store_mb: int) -> Node:
-        tag = f"node_tag_{index}"
-        log_path = self.root / f"{tag}.log"
-        # Each node its own temp dir, as on separate machines: nodes sharing one would share (and
-        # garbage-collect under each other) the unpacked runtime_env working_dir of running jobs.
-        temp_dir = self.root / f"t{index}_{attempt}"
-        cmd = [os.path.join(VENV_BIN, "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
-               "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir),
-               "--object-store-memory", str(object_store_mb * 2**20),
-               "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-               "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-               "--disable-usage-stats", *args, "--resources", json.dumps({**(resources or {}), tag: 1})]
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
-        return Node(proc, log_path, tag)
-
-    def _start(self, head: bool, num_cpus: int, resources: dict[str, float] | None, object_store_mb: int) -> Node:
-        """Start a node and wait until it is ALIVE in the cluster. Retried: `ray start` gives its raylet
-        30 s to register with the GCS (hard-coded in Ray 2.60), too little on a loaded machine."""
-        index = len(self.nodes)
-        for attempt in range(START_ATTEMPTS):
-            if head:
-                self.gcs_port, self.dashboard_port = free_port(), free_port()
-                args = ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-                        "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
-                        "--ray-client-server-port", str(free_port())]
-            else:
-                args = ["--address", self.gcs_address]
-            node = self._launch(index, attempt, args, num_cpus, resources, object_store_mb)
-            try:
-                self._wait(lambda n=node: self.node_id(n) is not None, 240, f"node_tag_{index} to join", node)
-            except RuntimeError:  # `ray start` gave up
-                node.kill()
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-                continue
-            self.nodes.append(node)
-            return node
-        raise AssertionError("unreachable")
-
-    def start_head(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
-                   object_store_mb: int = 150) -> Node:
-        return self._start(True, num_cpus, resources, object_store_mb)
-
-    def add_node(self, num_cpus: int = 2, resources: dict[str, float] | None = None,
-                 object_store_mb: int = 150) -> Node:
-        return self._start(False, num_cpus, resources, object_store_mb)
-
-    def _get(self, path: str) -> Any:
-        req = urllib.request.Request(self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def _rows(self, what: str) -> list[dict[str, Any]]:
-        try:
-            body = self._get(f"/api/v0/{what}?limit=10000&detail=1")
-        except (OSError, urllib.error.URLError, ValueError):
-            return []
-        rows: list[dict[str, Any]] = body.get("data", {}).get("result", {}).get("result", [])
-        return rows
-
-    def node_id(self, node: Node) -> str | None:
-        """The Ray node id of a live node, None until it has joined (or once it is dead)."""
-        for row in self._rows("nodes"):
-            if row.get("state") == "ALIVE" and node.tag in (row.get("resources_total") or {}):
-                return str(row["node_id"])
-        return None
-
-    def actors_on(self, node: Node, class_name: str) -> list[dict[str, Any]]:
-        node_id = self.node_id(node)
-        return [a for a in self._rows("actors")
-                if a.get("state") == "ALIVE" and a.get("class_name") == class_name and a.get("node_id") == node_id]
-
-    def _wait(self, ready: Any, timeout: float, what: str, node: Node) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if node.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited ({node.proc.returncode}) waiting for {what}:\n"
-                                   f"{node.log_path.read_text()[-3000:]}")
-            if ready():
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"timed out waiting for {what}:\n{node.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        """SIGKILL every node's process group, then any process still naming this cluster's temp dir
-        (ours alone: the dir is unique), and delete the temp dir. No ``ray stop``: it would kill
-        every Ray process on the machine."""
-        for node in reversed(self.nodes):  # workers first, the head (GCS) last
-            node.kill()
-        deadline = time.monotonic() + 15
-        while (strays := self.stray_pids()) and time.monotonic() < deadline:
-            for pid in strays:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def stray_pids(self) -> list[int]:
-        """Processes (ours: their command line names this cluster's unique root dir) still alive."""
-        marker = str(self.root) + "/"
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline and int(entry.name) != os.getpid():
-                pids.append(int(entry.name))
-        return pids
+def registered_epoch(s3: S3, run_uri: str) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered for the run at ``run_uri`` (its
+    snapshot file in the bucket), 0 if none."""
+    try:
+        snapshot = json.loads(s3.read(f"{run_uri}/checkpoint_manager_snapshot.json"))
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(name.split("_")[2])

@@ -84,7 +84,9 @@ def test_working_dir_package_leaves_out_data_envs_stores_and_caches(tmp_path: Pa
         (project / rel).write_text("x")
     env = runtime_env("http://mlflow:5000", root=project)
     assert env["working_dir"] == str(project)
-    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    # the tracking URI, the stop's grace and no MLflow telemetry travel; nothing else (no credentials)
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "RAY_JOB_STOP_WAIT_TIME_S": "120",
+                               "MLFLOW_DISABLE_TELEMETRY": "true"}
     package = tmp_path / "pkg.zip"
     create_package(str(project), package, include_gitignore=True, excludes=env["excludes"])
     names = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
@@ -92,8 +94,8 @@ def test_working_dir_package_leaves_out_data_envs_stores_and_caches(tmp_path: Pa
     assert not names & set(drop), names & set(drop)
 
 
-def test_no_tracking_uri_means_no_env_vars() -> None:
-    assert "env_vars" not in runtime_env("")
+def test_no_tracking_uri_means_none_in_the_env_vars() -> None:
+    assert runtime_env("")["env_vars"] == {"RAY_JOB_STOP_WAIT_TIME_S": "120", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def test_entrypoint_quotes_arguments_and_waits_for_resources_first() -> None:

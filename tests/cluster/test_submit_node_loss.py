@@ -1,11 +1,13 @@
-"""`simclr submit train` on a real two-node Ray cluster with token auth, tracked in MLflow, losing the
-node that holds a train worker on the way: the job resumes from the last checkpoint and finishes.
+"""`simclr submit train` on a real two-node Ray cluster with token auth, losing the node that holds a
+train worker on the way: the job resumes from the last checkpoint and finishes.
 
-The ray 46814 complaint (a node loss restarting training from epoch 1) checked end to end: a 2-worker
-run with one worker on each node; once epoch 1 is checkpointed the worker node is SIGKILLed (raylet,
-object store, workers: what a spot reclaim does) and a replacement node joins (what the autoscaler
-does). Under the default settings (train.max_failures is not set), Ray Train restarts the workers
-from the last checkpoint; MLflow must show every epoch exactly once and the restart on the run.
+A node loss restarting training from epoch 1 (a complaint Ray's tracker has seen) checked end to end, on
+the parts a cluster has: the photos and the checkpoints in a bucket, the run on the team's MLflow server
+(PostgreSQL). A 2-worker run with one worker on each node; once epoch 1 is checkpointed in the bucket the
+worker node is SIGKILLed (raylet, object store, workers: what a spot reclaim does) and a replacement node
+joins (what the autoscaler does). Under the default settings (train.max_failures is not set), Ray Train
+restarts the workers from the bucket's last checkpoint; MLflow must show every epoch exactly once and the
+restart on the run.
 """
 
 from __future__ import annotations
@@ -13,46 +15,33 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from local_ray import SIMCLR, TINY, LocalCluster, find_run, simclr
+from local_ray import SIMCLR, TINY, LocalCluster, find_run, registered_epoch, simclr, wait_until
 from mlflow.tracking import MlflowClient
+from photos import image_folder
+from services import S3, TrackingServer
 
 EPOCHS = 5
 
 
-def wait_until(predicate: object, timeout: float, what: str, poll: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(poll)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def registered_epoch(run_dir: Path) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered (its snapshot file), 0 if none."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return int(name.rsplit("_", 1)[1])
-
-
 @pytest.mark.slow
 def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_logs_each_epoch_once(
-        ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    storage = tmp_path / "runs"
+        ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path, s3: S3,
+        tracking_server: TrackingServer) -> None:
+    uri = tracking_server.uri
+    bucket = s3.bucket()
+    photos = s3.upload(image_folder(tmp_path / "photos", 4, 64), f"{bucket}/photos/")  # 256 JPEGs under a prefix
+    storage = f"{bucket}/runs"
     auth = ["--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)]
     # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data. The
-    # client follows the job as a user's terminal would (no --no-wait); its output goes to files.
+    # client follows the job as a user's terminal would (no --no-wait); its output goes to files. It has
+    # no storage credentials: the nodes have theirs.
     with open(tmp_path / "submit.stdout", "w") as out, open(tmp_path / "submit.stderr", "w") as err:
         submit = subprocess.Popen(
-            [SIMCLR, "submit", "train", *TINY, "--set", "data.num_samples=256", "--epochs", str(EPOCHS),
+            [SIMCLR, "submit", "train", *TINY, "--set", "data.source=images", "--set", f"data.uri={photos}",
+             "--set", "data.decode_size=20", "--epochs", str(EPOCHS),
              "--workers", "2", "--name", "node-loss", "--set", "train.cpus_per_worker=2",
              "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
             env=client_env, cwd=tmp_path, stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
@@ -60,9 +49,9 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
         victim = ray_cluster.nodes[-1]  # the newest worker node (the head is nodes[0])
         wait_until(lambda: len(ray_cluster.actors_on(victim, "RayTrainWorker")) == 1, 420,
                    f"a train worker on {victim.tag}", poll=1.0)
-        wait_until(lambda: registered_epoch(storage / "node-loss") >= 1, 420, "a registered checkpoint")
+        wait_until(lambda: registered_epoch(s3, f"{storage}/node-loss") >= 1, 420, "a registered checkpoint")
         victim.kill()
-        assert registered_epoch(storage / "node-loss") < EPOCHS, "the run ended before the kill"
+        assert registered_epoch(s3, f"{storage}/node-loss") < EPOCHS, "the run ended before the kill"
         ray_cluster.add_node(num_cpus=3)  # the replacement, as an autoscaler would launch
         code = submit.wait(timeout=600)
     finally:
@@ -92,6 +81,9 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", logs.stdout)]
     assert resumed, "the workers never restarted from a checkpoint:\n" + logs.stdout[-3000:]
     assert all(1 <= n < EPOCHS for n in resumed), resumed  # from a checkpoint, not from scratch
+    bucket_path = storage.removeprefix("s3://")
+    assert all(p.startswith(f"{bucket_path}/node-loss/checkpoint_epoch_")  # ... in the bucket
+               for p in re.findall(r"resumed from (\S+) after epoch", logs.stdout))
     assert logs.stdout.count(f"epoch 1/{EPOCHS} done") == 1  # epoch 1 was not trained again
 
     listed = simclr(["jobs", "list", *auth], client_env, tmp_path, timeout=120)
@@ -113,3 +105,9 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     assert all(re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", n) for n in nodes), nodes
     for node in nodes:
         assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
+    # where things are: the data's bucket prefix as the dataset's source, the last checkpoint's URI as a tag
+    (used,) = run.inputs.dataset_inputs
+    assert json.loads(used.dataset.source) == {"uri": photos}
+    last = f"{storage}/node-loss/checkpoint_epoch_{EPOCHS:05d}"
+    assert run.data.tags["simclr.checkpoint"] == last
+    assert f"checkpoint_epoch_{EPOCHS:05d}/state.pt" in s3.files(f"{storage}/node-loss")

@@ -108,3 +108,17 @@ def test_unwritable_storage_path_is_one_line_and_exit_2_before_ray_starts(
     assert line.startswith(f"simclr: error: train.storage_path: cannot write to {tmp_path}/a_file/runs")
     assert not ray.is_initialized()  # refused before Ray started
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, "true"), ("false", "false")])
+def test_mlflow_telemetry_is_off_unless_the_user_set_it(before: str | None, after: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    if before is None:
+        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", before)
+    assert main(["export", str(tmp_path / "none"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == after

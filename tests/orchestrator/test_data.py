@@ -22,7 +22,8 @@ import ray.data
 from PIL import Image
 
 from orchestrator.data import sources
-from orchestrator.data.prepare import PreparedData, balanced_order, prepare, stratified_holdout
+from orchestrator.data.evalsets import balanced_order, stratified_holdout
+from orchestrator.data.prepare import PreparedData, prepare
 from orchestrator.data.stream import RowStore
 from orchestrator.errors import BadImageError, UserError
 from workloads.config import DataConfig
@@ -266,6 +267,24 @@ def test_parquet_wrong_column_is_a_user_error_naming_the_field(tmp_path: Path, i
     assert f"[{missing!r}] not in" in str(info.value)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_parquet_rows_keep_their_position_in_the_file_through_the_split(tmp_path: Path) -> None:
+    """Parquet rows are read by Ray's row hash, which ties each to its position in the file: the held-out
+    queries and the training rows are disjoint, and together the whole file, each row with its label."""
+    path = tmp_path / "images.parquet"
+    write_parquet(path, 30)
+    cfg = DataConfig(source="parquet", uri=str(path), image_column="png", label_column="cls", image_size=8,
+                     holdout_fraction=0.2, eval_test_size=100)
+    p = prepare(cfg, seed=1)
+    train, test = rows(p.train), rows(p.eval_test)
+    assert sorted([*train["row_id"].tolist(), *test["row_id"].tolist()]) == list(range(30))
+    for batch in (train, test):
+        np.testing.assert_array_equal(batch["label"], batch["row_id"] % 3)  # write_parquet: row i is class i % 3
+        assert_colour_matches_label(batch, 8)
+    assert np.bincount(test["label"]).tolist() == [2, 2, 2]  # a stratified fifth of each class
+
+
 # ----------------------------------------------------------------------------- bad images
 
 
@@ -320,6 +339,17 @@ def test_parquet_without_label_column_skips_and_counts_bad_rows(tmp_path: Path) 
     np.testing.assert_array_equal(train["label"], [-1] * 5)
     colours = np.stack([img.reshape(-1, 3).mean(axis=0) for img in train["image"]]).argmax(axis=1)
     np.testing.assert_array_equal(np.bincount(colours, minlength=3), [2, 2, 1])  # rows 0..4 are classes 0,1,2,0,1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_bad_parquet_row_is_named_by_its_position_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "images.parquet"
+    write_parquet(path, 70, bad=[b"not an image"], label=False)  # past the decode's first batch of 64
+    cfg = DataConfig(source="parquet", uri=str(path), image_column="png", label_column="", image_size=8,
+                     bad_images="fail")
+    with pytest.raises(BadImageError, match=r"^unreadable image row 70: "):
+        prepare(cfg, seed=0)
 
 
 @pytest.mark.slow

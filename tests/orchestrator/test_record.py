@@ -86,3 +86,25 @@ def test_six_runs_logging_one_dataset_at_once_all_record_it(tmp_path: Path) -> N
     for run_id in runs:
         (used,) = client.get_run(run_id).inputs.dataset_inputs
         assert used.dataset.name == "synthetic"
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    ({"data.source": "imagefolder", "data.root": "s3://photos/train", "data.uri": "s3://elsewhere/x"},
+     "s3://photos/train"),  # the tree the run reads, not an unused data.uri
+    ({"data.source": "parquet", "data.uri": "s3://AKIAEXAMPLE:s3cr3t@photos/x.parquet", "data.root": "/r"},
+     "s3://***@photos/x.parquet"),  # credentials in a URI never reach the record
+    ({"data.source": "images", "data.uri": "gs://b/prefix/"}, "gs://b/prefix/"),
+])
+def test_the_dataset_input_names_where_the_run_reads_its_images(sets: dict[str, str], expected: str) -> None:
+    import json
+
+    from orchestrator.tracking.record import dataset_input
+
+    source = json.loads(dataset_input(Config().replace(sets), 100, 10).source.to_json())
+    assert source["uri"] == expected
+
+
+def test_generated_data_has_no_location() -> None:
+    from orchestrator.tracking.record import data_location
+
+    assert data_location(Config().replace({"data.source": "synthetic", "data.root": "/r"})) == ""

@@ -18,17 +18,19 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from photos import class_ordered_parquet
 from PIL import Image
+from services import S3, Outage
 from simclr_testing import tiny_sets
 
-from orchestrator.train.checkpoint import STATE_FILE, CheckpointError, load_state_file
+from orchestrator.train.checkpoint import STATE_FILE, CheckpointError, load_state_file, read_checkpoint
 
 SECRET = "s3cr3t-Do-Not-Log-9f2"
 
 
-def cli(tmp: Path, *args: str, uri: str = "", env: dict[str, str] | None = None) -> list[str]:
+def cli(tmp: Path, *args: str, uri: str = "", storage: str = "") -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), *args,
-            "--tracking-uri", uri or f"sqlite:///{tmp}/mlflow.db", "--set", f"train.storage_path={tmp}/runs",
+            "--tracking-uri", uri or f"sqlite:///{tmp}/mlflow.db", "--set", f"train.storage_path={storage or tmp}/runs",
             "--num-cpus", "2", "--object-store-mb", "300"]
 
 
@@ -249,6 +251,25 @@ def test_nan_loss_fails_the_run_keeps_the_last_checkpoint_counts_bad_images_and_
     assert SECRET not in Path(config).read_text()
 
 
+@pytest.mark.slow
+def test_an_unreadable_file_found_while_training_under_fail_fails_the_run_naming_it(tmp_path: Path) -> None:
+    """Files decoded in each epoch's tasks (data.cache_decoded=false): the stream's error reaches the
+    driver inside Ray's wrappers and is found there by its class."""
+    write_tree_with_bad_images(tmp_path / "tree")
+    args = ["--epochs", "1", "--name", "bad", "--set", "data.source=imagefolder", "--set",
+            f"data.root={tmp_path / 'tree'}", "--set", "data.bad_images=fail", "--set", "data.cache_decoded=false",
+            "--set", "data.holdout_fraction=0", "--set", "train.workers=1", "--set", "train.max_failures=0"]
+    proc = subprocess.run(cli(tmp_path, *args), cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    (line,) = simclr_lines(proc.stderr)
+    assert line.startswith(f"simclr: training failed: unreadable image {tmp_path / 'tree'}/"), line
+    assert "data.bad_images=skip" in line
+    run = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")[1]
+    assert run.info.status == "FAILED"  # type: ignore[attr-defined]
+    assert run.data.tags["error"].startswith("unreadable image ")  # type: ignore[attr-defined]
+
+
 # --- MLflow away -------------------------------------------------------------------------------------------
 
 
@@ -328,15 +349,30 @@ def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
 # The SIGTERM lands in epoch 2 (sent once epoch 1's line is out): enough epochs after it that the run is
 # still training when the stop arrives on a loaded machine, few enough that the resumed run finishes them.
 EPOCHS = 8
+OUTAGE_S = 20  # the storage endpoint away during the resumed run: longer than an epoch and its checkpoint
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(tmp_path: Path) -> None:
+def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(
+        tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at
     the current step, the run KILLED, Ray stopped, exit 143 without a traceback. The same --name goes on
     from that checkpoint into the same MLflow run to the last epoch, each epoch logged once and the
-    epochs before the stop not trained again; the finished name is then refused."""
-    run = Watched(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"), tmp_path, clean_env())
+    epochs before the stop not trained again; the finished name is then refused.
+
+    On a cluster's storage: the photos (Parquet) and the checkpoints are in a bucket, reached through an
+    endpoint that goes away for a while during the resumed run and comes back. The checkpoints of those
+    epochs are retried until it is back (or the workers restart from the newest complete checkpoint in
+    the bucket); nothing is lost and the run finishes."""
+    for key, value in s3.env().items():  # this process reads the checkpoints in the bucket
+        monkeypatch.setenv(key, value)
+    bucket = s3.bucket()
+    data = s3.upload(class_ordered_parquet(tmp_path / "photos.parquet", 8, 32), f"{bucket}/photos.parquet")
+    photos = ["--set", "data.source=parquet", "--set", f"data.uri={data}", "--set", "data.decode_size=20"]
+    endpoint = Outage(s3.server.port)  # the training's way to the bucket, which the test can cut
+    env = clean_env(**{**s3.env(), "AWS_ENDPOINT_URL": endpoint.endpoint})
+    storage, args = f"{bucket}/runs", ["--epochs", str(EPOCHS), "--name", "cc", *photos]
+    run = Watched(cli(tmp_path, *args, storage=bucket), tmp_path, env)
     try:
         run.wait_for(f"epoch 1/{EPOCHS} done")
         ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
@@ -351,9 +387,9 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
     client, mlflow_run, _logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
-    stopped = [d for d in os.listdir(tmp_path / "runs" / "cc") if "_stopped_" in d]
+    stopped = {f.split("/")[0] for f in s3.files(f"{storage}/cc") if "_stopped_" in f.split("/")[0]}
     assert len(stopped) == 1
-    epoch = load_state_file(str(tmp_path / "runs" / "cc" / stopped[0]))["epoch"]
+    epoch = read_checkpoint(f"{storage}/cc/{stopped.pop()}")["epoch"]
     assert 1 <= epoch < EPOCHS
     losses = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "loss")}
     deadline = time.time() + 30
@@ -361,21 +397,34 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
         time.sleep(0.5)
     assert not any(alive(p) for p in ray_procs), "Ray processes left running"
 
-    again = subprocess.run(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"),
-                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"after epoch {epoch}" in again.stderr
+    again = Watched(cli(tmp_path, *args, storage=bucket), tmp_path, env)
+    try:
+        again.wait_for(f"epoch {epoch + 1}/{EPOCHS} done")  # its checkpoint is on the way to the bucket
+        endpoint.cut()
+        time.sleep(OUTAGE_S)
+        # still running: the outage met its checkpoints (and did not fail it)
+        assert again.proc.poll() is None, "the run ended while the endpoint was away:\n" + "".join(again.lines[-30:])
+        endpoint.restore()
+        code, _out, err = again.finish(timeout=600)
+    finally:
+        again.kill()
+        endpoint.close()
+    assert code == 0, err[-3000:]
+    assert f"after epoch {epoch}" in err
     client, resumed, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert resumed.info.run_id == mlflow_run.info.run_id and resumed.info.status == "FINISHED"
-    assert resumed.data.tags["simclr.complete"] == "true"
+    assert resumed.data.tags["simclr.complete"] == "true" and "error" not in resumed.data.tags
     assert logged == list(range(1, EPOCHS + 1))
     assert [m.step for m in client.get_metric_history(resumed.info.run_id, "knn_top1")] == list(range(EPOCHS + 1))
     after = {m.step: m.value for m in client.get_metric_history(resumed.info.run_id, "loss")}
     assert all(after[e] == losses[e] for e in range(1, epoch + 1))  # kept from before the stop, not re-trained
+    last = resumed.data.tags["simclr.checkpoint"]
+    assert last == f"{storage}/cc/checkpoint_epoch_{EPOCHS:05d}"
+    assert read_checkpoint(last)["epoch"] == EPOCHS  # complete, in the bucket
 
     # a finished name is refused before Ray starts: one line, exit 2
-    refused = subprocess.run(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc"),
-                             cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(cli(tmp_path, *args, storage=bucket),
+                             cwd=tmp_path, env=clean_env(**s3.env()), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     (line,) = simclr_lines(refused.stderr)
     assert "already finished" in line and "Started a local Ray" not in refused.stderr

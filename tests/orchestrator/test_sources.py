@@ -474,7 +474,7 @@ def large_photo(w: int, h: int) -> bytes:
 
 
 def full_decode(data: bytes, nw: int, nh: int) -> np.ndarray:
-    """The decode before issue 15: the whole JPEG at full size, then PIL's resize."""
+    """The plain decode: the whole JPEG at full size, then PIL's resize."""
     with Image.open(io.BytesIO(data)) as img:
         rgb = img.convert("RGB")
     return np.asarray(rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0))
@@ -634,3 +634,38 @@ def test_good_image_decodes_under_either_policy() -> None:
     for policy in ("skip", "fail"):
         out = sources.decode_or_none(encode(solid(GREEN)), 6, "g.png", policy)
         assert out is not None and (out == GREEN).all()
+
+
+# --- the decode stage's batches (what Ray Data's tasks run) -------------------------------------------------
+
+
+def decode_stage_batch(policy: str, with_paths: bool) -> dict[str, Any]:
+    from orchestrator.data.decode import decode_batch
+
+    data = np.empty(3, dtype=object)
+    data[:] = [encode(solid(RED, 6, 9)), b"not an image", encode(solid(BLUE, 6, 9))]
+    batch: dict[str, Any] = {"bytes": data, "label": np.asarray([0, 1, 2]), "row_id": np.asarray([10, 11, 12])}
+    if with_paths:
+        batch["path"] = np.asarray(["/d/a.png", "/d/b.png", "/d/c.png"])
+    return decode_batch(batch, size=6, policy=policy, data_col="bytes", name_col="path", center_square=True)
+
+
+def test_the_decode_stage_drops_an_unreadable_row_under_skip() -> None:
+    out = decode_stage_batch("skip", with_paths=True)
+    assert set(out) == {"image", "label", "row_id"}  # no bytes, no path
+    assert out["image"].shape == (2, 6, 6, 3) and out["row_id"].tolist() == [10, 12]
+    assert (out["image"][1] == BLUE).all() and out["label"].tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("with_paths", [True, False])
+def test_the_decode_stage_marks_an_unreadable_row_under_fail_naming_its_file(with_paths: bool) -> None:
+    """Raised inside a Ray Data task, the error would reach the driver as Ray's own: the row is kept,
+    marked, and the driver raises it (orchestrator/data/decode.py: decoded)."""
+    from orchestrator.data.decode import UNREADABLE
+
+    out = decode_stage_batch("fail", with_paths)
+    assert out["row_id"].tolist() == [10, 11, 12]
+    assert [img.shape for img in out["image"]] == [(6, 6, 3), (0, 0, 3), (6, 6, 3)]
+    name = "/d/b.png" if with_paths else "row 11"  # a Parquet row is named by its position in the source
+    assert out[UNREADABLE][0] == out[UNREADABLE][2] == ""
+    assert out[UNREADABLE][1].startswith(f"unreadable image {name}: ") and "data.bad_images=skip" in out[UNREADABLE][1]

@@ -1,4 +1,4 @@
-"""The training stream on data shaped like users' (issue 13): class-sorted folders and Parquet of JPEG
+"""The training stream on data shaped like users': class-sorted folders and Parquet of JPEG
 photos. Batches are read exactly as the trainer reads them: ``prepare`` -> ``train_stream`` ->
 ``iter_torch_batches`` with the epoch set on the clock, in order (the trainer's ingest option).
 

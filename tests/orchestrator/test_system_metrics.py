@@ -1,4 +1,4 @@
-"""System metrics of each node that trains (issue 17): how a node is named, and the monitor's life on a
+"""System metrics of each node that trains: how a node is named, and the monitor's life on a
 worker, without Ray (the Ray runs are in test_train_e2e.py and tests/cluster/test_submit_node_loss.py)."""
 
 from __future__ import annotations

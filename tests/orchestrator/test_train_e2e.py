@@ -15,14 +15,27 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from photos import image_folder
+from services import S3, TrackingServer
 from simclr_testing import RAY, tiny_sets
 
+from orchestrator import cli
 from orchestrator.evaluation.driver import evaluate_checkpoint
-from orchestrator.tracking.tags import COMPLETE_TAG
-from orchestrator.train.checkpoint import load_state_file
+from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG
+from orchestrator.train.checkpoint import read_checkpoint
 from orchestrator.train.model import build_model
 from workloads.config import Config
 from workloads.method import normalize
+
+
+def load_elsewhere(uri: str, model_uri: str, cwd: Path) -> str:
+    """Load the logged encoder in a fresh process with only the tracking URI; the features' shape."""
+    code = (f"import mlflow, mlflow.pytorch, torch; mlflow.set_tracking_uri({uri!r}); "
+            f"m = mlflow.pytorch.load_model({model_uri!r}); "
+            "print(tuple(m(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -37,31 +50,46 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 
 
 @pytest.mark.slow
-def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Path) -> None:
-    """Users' data: a class-sorted ImageFolder of JPEG photos, the kNN monitor from a separate labelled
-    tree (data.eval_root, nothing held out), 2 DDP workers; then `simclr eval` of its checkpoint logs to
-    the same run. (A stopped run resuming by name: tests/orchestrator/test_reliability.py's SIGTERM test.)"""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    train_dir, val_dir = image_folder(tmp_path / "train", 8, 32), image_folder(tmp_path / "val", 8, 5, seed=1)
-    photos = ["--set", "data.source=imagefolder", "--set", f"data.root={train_dir}",
-              "--set", f"data.eval_root={val_dir}", "--set", "data.holdout_fraction=0", "--set", "data.decode_size=20"]
+def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
+        tmp_path: Path, s3: S3, tracking_server: TrackingServer, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Users' data where teams keep it: a class-sorted ImageFolder of JPEG photos in a bucket, the kNN
+    monitor from a separate labelled tree there (data.eval_root, nothing held out), 2 DDP workers, tracked
+    on the team's MLflow server (PostgreSQL, artifacts proxied to a bucket); then `simclr eval` of its
+    checkpoint, kept in the bucket too, logs to the same run. The run says where its data and checkpoint
+    are, and the bucket's credentials are nowhere in what it records or prints. (A stopped run resuming
+    by name: tests/orchestrator/test_reliability.py's SIGTERM test.)"""
+    for key, value in s3.env().items():  # this process reads the bucket too (the checkpoint, `simclr eval`)
+        monkeypatch.setenv(key, value)
+    uri = tracking_server.uri
+    bucket = s3.bucket()
+    train_root, val_root = f"{bucket}/photos/train", f"{bucket}/photos/val"
+    s3.upload(image_folder(tmp_path / "train", 8, 32), train_root)
+    s3.upload(image_folder(tmp_path / "val", 8, 5, seed=1), val_root)
+    photos = ["--set", "data.source=imagefolder", "--set", f"data.root={train_root}",
+              "--set", f"data.eval_root={val_root}", "--set", "data.holdout_fraction=0", "--set", "data.decode_size=20"]
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), *photos, "--workers", "2", "--name", "e2e",
-           "--tracking-uri", uri, "--set", f"train.storage_path={tmp_path}/runs",
+           "--tracking-uri", uri, "--set", f"train.storage_path={bucket}/runs",
            "--num-cpus", "2", "--object-store-mb", "300", "--json"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    # a client with the bucket's endpoint and credentials for the data, and none for MLflow's artifacts:
+    # the tracking server stores those
+    client_s3 = {k: v for k, v in s3.env().items() if k != "MLFLOW_S3_ENDPOINT_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")} | client_s3
     env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a point a second: the run is short
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)  # stdout holds exactly one JSON object
     assert out["complete"] is True and out["run_name"] == "e2e"
-    assert os.path.isfile(os.path.join(out["checkpoint"], "state.pt"))
+    assert out["checkpoint"] == f"{bucket}/runs/e2e/checkpoint_epoch_00002"
+    state = read_checkpoint(out["checkpoint"])  # complete, in the bucket
     # the console: a header, the epoch lines, nothing of Ray's (MLflow may announce a new database)
     console = proc.stderr.splitlines()
     assert "epoch 1/2 done" in proc.stderr  # progress goes to the terminal (stderr)
     assert len(console) <= 3 + 1 + 2 + 2, proc.stderr
     assert "RayTrainWorker" not in proc.stderr and "Ray instance" not in proc.stderr
-    # ... and Ray's output is in the run's log file, also an artifact of the run
-    (log,) = (tmp_path / "runs" / "e2e" / "logs").iterdir()
+    # ... and Ray's output is in the run's log file (a local file, as the checkpoints are in a bucket),
+    # also an artifact of the run
+    log = Path(re.findall(r"  Ray's output: (\S+)", proc.stderr)[0])
     text = log.read_text()
     assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text and "epoch 2/2 done" in text
     assert "Failed to query Ray Train Controller actor state" not in text  # local Ray has its dashboard
@@ -90,9 +118,10 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     assert {"config.yaml", "plots/augmented_views.png", "plots/curves.png", "plots/embedding.png"} <= artifact_paths(
         client, run.info.run_id)
     assert f"logs/{log.name}" in artifact_paths(client, run.info.run_id)
-    # the dataset as an MLflow dataset input, and system metrics
+    # the dataset as an MLflow dataset input, its source the bucket, and system metrics
     (used,) = run.inputs.dataset_inputs
     assert used.dataset.name == "imagefolder" and used.dataset.digest
+    assert json.loads(used.dataset.source) == {"uri": train_root}
     assert json.loads(used.dataset.profile)["num_images"] == int(params["dataset.num_train"])
     # ... from the node that trains (one local node: its first worker's monitor, named by the node)
     nodes = {k.split("/")[1] for k in run.data.metrics if k.startswith("system/")}
@@ -111,14 +140,39 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(tmp_path: Pat
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     features = encoder(images)
     assert features.shape == (3, 16)  # widths [8, 16]: 16 features before the head
-    trained = build_model(Config.from_dict(load_state_file(out["checkpoint"])["config"]))
-    trained.load_state_dict(load_state_file(out["checkpoint"])["model"])
+    # ... also from another process that has the tracking server and nothing else (no bucket credentials)
+    assert load_elsewhere(uri, model.model_uri, tmp_path) == "(2, 16)"
+    # the run's artifacts and its model are in the bucket behind the tracking server
+    stored = s3.files(tracking_server.artifacts)
+    assert f"{out['experiment_id']}/{run.info.run_id}/artifacts/config.yaml" in stored
+    assert any(f.endswith("/MLmodel") and model.model_id in f for f in stored), stored
+    trained = build_model(Config.from_dict(state["config"]))
+    trained.load_state_dict(state["model"])
     with torch.no_grad():
         expected = trained.get_submodule("encoder").eval()(normalize(images))
     assert torch.allclose(features.detach(), expected, atol=1e-5)
 
-    result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY)
+    # where things are: the checkpoint in a tag; data and checkpoint in `simclr runs`; the server's own UI
+    assert tags[CHECKPOINT_TAG] == out["checkpoint"]
+    capfd.readouterr()
+    assert cli.main(["runs", "--tracking-uri", uri, "--where", "--json", "--limit", "1000"]) == 0
+    (listed,) = [r for r in json.loads(capfd.readouterr().out) if r["run_id"] == run.info.run_id]
+    assert listed["data"] == train_root and listed["checkpoint"] == out["checkpoint"]
+    assert cli.main(["runs", "--tracking-uri", uri, "--where"]) == 0
+    assert train_root in capfd.readouterr().out
+    assert cli.main(["ui", "--tracking-uri", uri]) == 0
+    assert f"{uri}/#/experiments/{out['experiment_id']}/runs" in capfd.readouterr().out
+    # no credential of the bucket in what the run records or prints
+    secret = s3.server.secret
+    assert secret not in proc.stdout + proc.stderr + text
+    assert all(secret not in v for v in [*params.values(), *tags.values(), used.dataset.source])
+    assert secret not in Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+
+    capfd.readouterr()
+    result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY, quiet=True)
     assert result["run_id"] == out["run_id"] and result["epoch"] == 2
+    assert "Running Dataset" not in capfd.readouterr().err  # Ray Data's output is in the eval's log file
+    assert any(p.startswith("logs/eval-") for p in artifact_paths(client, out["run_id"]))
     assert steps(client, out["run_id"], "eval_knn_top1") == [2]
     assert 0.0 <= result["metrics"]["eval_linear_probe_top1"] <= 1.0
     assert "plots/eval_embedding.png" in artifact_paths(client, out["run_id"])

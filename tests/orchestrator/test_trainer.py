@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
+from orchestrator.errors import NonFiniteLossError
 from orchestrator.train.checkpoint import STATE_FILE, load_state_file
 from orchestrator.train.env import WorkerEnv
 from orchestrator.train.job import TrainJob
-from orchestrator.train.progress import NonFiniteLossError
 from orchestrator.train.trainer import Trainer
 from workloads.augment.views import two_views
 from workloads.config import Config
@@ -106,8 +106,8 @@ def test_a_non_finite_loss_is_told_to_the_driver_which_gets_time_to_end_the_run_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Raised at once, Ray Train could restart the worker group before the driver's poll fails the run
     (a clean-clone CI run saw two worker-group starts)."""
-    from orchestrator.train import progress
-    from orchestrator.train.driver import FATAL_POLL_S
+    from orchestrator.train import stopflag
+    from orchestrator.train.stopflag import FATAL_POLL_S
 
     told: list[tuple[str, float]] = []
 
@@ -119,8 +119,8 @@ def test_a_non_finite_loss_is_told_to_the_driver_which_gets_time_to_end_the_run_
     class Flag:
         fail = Fail()
 
-    monkeypatch.setattr(progress.ray, "get", lambda ref, timeout=None: ref)  # the fake's answer, as it is
-    monkeypatch.setattr(progress, "FATAL_GRACE_S", 0.3)
+    monkeypatch.setattr(stopflag.ray, "get", lambda ref, timeout=None: ref)  # the fake's answer, as it is
+    monkeypatch.setattr(stopflag, "FATAL_GRACE_S", 0.3)
     trainer, _ = make(tmp_path)
     trainer.setup()
     trainer.job = dataclasses.replace(trainer.job, stop_flag=Flag())
@@ -133,7 +133,7 @@ def test_a_non_finite_loss_is_told_to_the_driver_which_gets_time_to_end_the_run_
     assert "non-finite loss (inf) at epoch 3, step 7" in message
     assert raised - at >= 0.3  # told first, raised only after the grace
     monkeypatch.undo()
-    assert progress.FATAL_GRACE_S >= 10 * FATAL_POLL_S  # the driver ends the run a poll or two in
+    assert stopflag.FATAL_GRACE_S >= 10 * FATAL_POLL_S  # the driver ends the run a poll or two in
     assert trainer.state.global_step == 0
 
 
@@ -235,21 +235,21 @@ def test_driver_fails_the_run_as_soon_as_a_worker_reports_a_non_finite_loss(monk
     """A non-finite loss would repeat after every restart: the driver's poll raises it at once instead of
     waiting for Ray Train to restart the worker group train.max_failures times; it asks every
     FATAL_POLL_S, not on every poll."""
-    from orchestrator.train import driver
+    from orchestrator.train import stopflag
 
-    monkeypatch.setattr(driver.ray, "get", lambda ref, timeout=None: ref)  # the fake's answers, as they are
+    monkeypatch.setattr(stopflag.ray, "get", lambda ref, timeout=None: ref)  # the fake's answers, as they are
     clock = [100.0]
-    monkeypatch.setattr(driver.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(stopflag.time, "monotonic", lambda: clock[0])
 
     class Flag:
         fatal_error = _Remote("")
         lines = _Remote([])
 
-    poll = driver._poller(Flag, quiet=True)
+    poll = stopflag.poller(Flag, quiet=True)
     poll()
     poll()  # within FATAL_POLL_S: not asked again
     assert Flag.fatal_error.calls == 1 and Flag.lines.calls == 2
     Flag.fatal_error.answer = "non-finite loss (nan) at epoch 2, step 1; lower optim.lr"
-    clock[0] += driver.FATAL_POLL_S
+    clock[0] += stopflag.FATAL_POLL_S
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
         poll()

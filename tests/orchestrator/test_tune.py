@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from orchestrator import cli, tune
 from orchestrator.cli.tune import resolve_with_search
-from orchestrator.errors import UserError
+from orchestrator.errors import NonFiniteLossError, UserError
 from orchestrator.tune.spec import SweepSpec
 from orchestrator.tune.trial import shares_data
 from workloads.augment.views import AugConfig
@@ -263,6 +264,8 @@ def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pyte
                       for i, t in (("a_0", 0.1), ("b_1", 3.0), ("c_2", 0.5)))
     bad.error_file = str(tmp_path / "error.txt")  # what Tune writes before calling on_trial_error
     Path(bad.error_file).write_text("Failure # 1\nTraceback ...\nNonFiniteLossError: non-finite loss at epoch 1\n")
+    bad.pickled_error_file = str(tmp_path / "error.pkl")  # and the error itself, pickled
+    Path(bad.pickled_error_file).write_bytes(pickle.dumps(NonFiniteLossError("non-finite loss at epoch 1")))
     for trial in (done, cut, bad):
         lines.on_trial_start(0, [], trial)
     for epoch in (1, 2, 3, 4):
@@ -286,6 +289,29 @@ def test_trial_lines_say_start_epochs_and_how_each_trial_ended(monkeypatch: pyte
         "trial sw-a_0 finished epoch 4/4: loss 3.6000 knn_top1 0.5000",
         "trial sw-c_2 failed: non-finite loss at epoch 1",
     ]
+
+
+def test_a_trial_error_that_was_not_pickled_is_shown_by_its_last_line(tmp_path: Path) -> None:
+    """Tune pickles only the errors it can; the text it always writes stands in for the others."""
+    from orchestrator.tune.progress import _error
+
+    trial = SimpleNamespace(error_file=str(tmp_path / "error.txt"), pickled_error_file=str(tmp_path / "none.pkl"))
+    Path(trial.error_file).write_text("Failure # 1\nTraceback ...\nSomeError: the reason\n\n")
+    assert _error(trial) == "SomeError: the reason"
+    assert _error(SimpleNamespace(error_file=None, pickled_error_file=None)) == "see the sweep's log file"
+
+
+def test_a_failed_trials_summary_reads_its_pickled_error_by_class() -> None:
+    from ray.exceptions import RayTaskError
+
+    from orchestrator.tune.report import _trial_error
+
+    loss = NonFiniteLossError("non-finite loss (nan) at epoch 1, step 2")
+    pickled = RayTaskError("simclr_trial", "Traceback ...\nNonFiniteLossError: ...", loss).as_instanceof_cause()
+    assert _trial_error(SimpleNamespace(get_pickled_error=lambda: pickled, get_error=lambda: "")) == str(loss)
+    text_only = SimpleNamespace(get_pickled_error=lambda: None, get_error=lambda: "Failure # 1\nValueError: x\n")
+    assert _trial_error(text_only) == "ValueError: x"
+    assert _trial_error(SimpleNamespace(get_pickled_error=lambda: None, get_error=lambda: None)) == "trial failed"
 
 
 # --- a real sweep -------------------------------------------------------------------------------------------

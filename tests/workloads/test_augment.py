@@ -1,7 +1,7 @@
 """Tests for workloads.augment.transform: batched SimCLR views with per-image random parameters.
 
 The statistics tests compare SimCLRAugment with the per-image torchvision v2 recipe
-(`reference_augment`) over a few thousand small images (issue 7), and check that the same
+(`reference_augment`) over a few thousand small images, and check that the same
 comparison flags a batch-shared-parameter augmentation and a wrong crop scale.
 """
 
@@ -452,7 +452,7 @@ def test_blur_lowers_high_frequency_energy_of_noise() -> None:
     assert e_blurred.mean() < 0.5 * e_sharp.mean()
 
 
-# ----------------------------------------------------------------------------- statistics vs torchvision (issue 7)
+# ----------------------------------------------------------------------------- statistics vs torchvision
 
 
 def test_crop_and_flip_statistics_match_per_image_torchvision(
@@ -463,7 +463,7 @@ def test_crop_and_flip_statistics_match_per_image_torchvision(
 
 
 def test_whole_image_crop_statistics_match_torchvision_on_photos_of_mixed_shapes() -> None:
-    """The data path of whole photos (issue 13): a ragged list of landscape (20 x 30) and portrait
+    """The data path of whole photos: a ragged list of landscape (20 x 30) and portrait
     images, parameters from per-row keys; the landscape views' crops are distributed as torchvision's
     RandomResizedCrop on the whole landscape image, left edge included (a centre square never has
     crops starting left of x = 5)."""
@@ -524,7 +524,7 @@ def test_statistics_comparison_detects_batch_shared_parameters(
     assert {b.split(":")[0] for b in bad} >= {"brightness_ratio", "gray"}
 
 
-# ----------------------------------------------------------------------------- split into two stages (issue 15)
+# ----------------------------------------------------------------------------- split into two stages
 
 SPLIT_RECIPE: dict[str, Any] = dict(strength=1.0, blur_p=0.5, blur_kernel_frac=0.3)
 

@@ -1,6 +1,6 @@
 """NT-Xent against the SimCLR paper's Algorithm 1, and W workers against one process.
 
-The distributed tests spawn two real gloo processes (no mocks): the invariant from SIMCLR.md is that
+The distributed tests spawn two real gloo processes (no mocks): the invariant is that
 W workers with N images each give the same loss and, after DDP averaging, the same parameter
 gradients as one process on all W·N images.
 """
