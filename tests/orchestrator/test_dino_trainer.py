@@ -64,3 +64,20 @@ def test_a_stopped_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path
         assert torch.equal(state[name], value), name
     assert [g["weight_decay"] for g in second.optimizer.param_groups] == [
         g["weight_decay"] for g in whole.optimizer.param_groups]
+
+
+def test_with_the_vit_the_run_gets_the_teachers_attention_picture(tmp_path: Path) -> None:
+    """The Trainer draws the method's pictures after the last epoch and logs them to the run's plots/."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("dino", str(tmp_path / "artifacts"))).info.run_id
+    vit = {"model.arch": "vit", "model.patch_size": 2, "model.vit_dim": 16, "model.vit_depth": 2, "model.vit_heads": 2,
+           "train.epochs": 1, "train.storage_path": str(tmp_path), "train.name": "vit"}
+    cfg = Config().replace({**DINO_TINY, **vit})
+    job = TrainJob(config=cfg, run_id=run_id, tracking_uri=uri, steps_per_epoch=STEPS)
+    Trainer(job, local_env(FakeShard(("view0", "view1"), STEPS, 8, 4), Reports(tmp_path / "vit"))).fit()
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/dino_attention.png"]
+    local = client.download_artifacts(run_id, "plots/dino_attention.png", str(tmp_path))
+    assert Path(local).stat().st_size > 1000

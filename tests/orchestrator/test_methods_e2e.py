@@ -36,7 +36,7 @@ TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": []
                                     "dino": ["eval.every_epochs=100"]}
 # MAE: its kNN dips from epoch 3; BYOL's stays near its initial value for the first 5 epochs; the VAE's μ
 # dips below a random encoder's and passes it at epoch 9 of 25 (docs/METHODS.md): a 10-epoch run ended
-# below (0.925 against 0.933), a 15-epoch one above (0.944); DINO went 0.925 -> 0.933 in 5 epochs
+# below (0.925 against 0.933), a 15-epoch one above (0.944)
 TRAIN_EPOCHS = {"moco": 5, "mae": 2, "swav": 4, "byol": 8, "vae": 15, "dino": 5}
 COMMON_SETS = ["eval.linear_probe_epochs=10"]
 

@@ -11,13 +11,12 @@ def digits() -> Config:
     """The digits setup (small ResNet 32/64/128, batch 128, 25 epochs, its augmentation; two 16 px global crops,
     no local ones) with DINO's head scaled down (256 wide, 3 layers, bottleneck 64, 1,024 outputs) and the
     reference's optimiser (AdamW, weight decay 0.04 → 0.4 on a cosine, per-parameter clipping at 3). Ours, sized
-    for 2 CPU cores: with the reference's teacher temperatures (0.04 → 0.07) and its head without BatchNorm
-    the head's outputs collapsed to uniform within 5 epochs (the loss at log K, the teacher's per-image entropy
-    at log K) on one process, as did a lower out_dim (128) and higher teacher momentum (0.996). What trained: the
-    head's BatchNorm (``use_bn_in_head``, a reference option), a sharper teacher (0.02, no warm-up) and AdamW
-    at 2e-3·B/256 (the reference's 5e-4 learnt slower): loss 6.7 → 3.4, kNN 0.939 → 0.964 in 25 epochs on one
-    process. Teacher momentum 0.99 → 1 (0.996 averages over ~250 steps, this whole run). Local crops are on with
-    ``--set multicrop.small_crops=2`` (8 px of scale 0.05-0.4, the reference's local scale).
+    for 2 CPU cores. Where it departs from the reference (docs/METHODS.md, DINO, says what the reference's
+    settings did on digits): BatchNorm in the head (``use_bn_in_head``, a reference option) and a sharper teacher
+    (0.02, no warm-up), which keep the head's outputs from collapsing to uniform at this size; AdamW at
+    2e-3·B/256; teacher momentum 0.99 → 1, as 0.996 would average over about as many steps as the whole run
+    has. Local crops are on with ``--set multicrop.small_crops=2`` (8 px of scale 0.05-0.4, the reference's
+    local scale).
     """
     return recipes.digits("dino", {
         "model.proj_hidden_dim": 256, "model.proj_dim": 64, "model.proj_layers": 3,
@@ -35,10 +34,10 @@ def cifar10() -> Config:
     ResNet-18 (CIFAR stem), head 2048 → 256 (3 layers, no BatchNorm), 4096 prototypes, last layer normalised
     and frozen in the first epoch, τ_s 0.1, τ_t 0.07 from the start (its warm-up epochs default to 0), teacher
     momentum 0.9995 → 1 cosine, no gradient clipping, LARS lr 0.3·B/256 with η 0.02, weight decay 1e-6
-    (constant, biases and norms excluded), warmup 10 epochs then cosine, batch 256, 1000 epochs (89.52% linear
-    top-1 in solo-learn's README). Two 32 px crops of scale 0.08–1 (its asymmetric augmentation: no local crops),
-    flip, jitter 0.8 at s 0.5 (solo-learn's saturation 0.2 is 0.4 here), grayscale 0.2, no blur; its solarisation
-    (p 0.2 on the second crop) is not implemented here, and its LARS clips the adapted lr (``clip_lr``), ours not.
+    (constant, biases and norms excluded), warmup 10 epochs then cosine, batch 256, 1000 epochs. Two 32 px crops
+    of scale 0.08–1 (its asymmetric augmentation: no local crops), flip, jitter 0.8 at s 0.5 (solo-learn's
+    saturation 0.2 is 0.4 here), grayscale 0.2, no blur; its solarisation (p 0.2 on the second crop) is not
+    implemented here, and its LARS clips the adapted lr (``clip_lr``), ours not.
     """
     return recipes.cifar10("dino", {
         "aug.strength": 0.5, "aug.min_scale": 0.08, "aug.flip_p": 0.5, "aug.jitter_p": 0.8, "aug.gray_p": 0.2,
