@@ -88,7 +88,7 @@ class ModelConfig:
     """Encoder and projection head."""
 
     section: ClassVar[str] = "model"
-    # vit: for methods that build a ViT (mae)
+    # vit: for methods that build a ViT (mae, dino)
     arch: Literal["resnet18", "resnet34", "resnet50", "small_resnet", "vit"] = "small_resnet"
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool: for images <= 64 px
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet stage widths

@@ -14,7 +14,9 @@ The orchestrator (Ray Data -> Ray Train -> Ray Tune -> MLflow) calls a method at
    ``net.forward`` is the gradient-carrying call through DDP and autocast; ``net.core`` the module
    itself (for MoCo's key encoder and queue); ``net.image`` turns a uint8 batch into model input.
 5. ``param_groups(model, cfg)``: the optimiser's parameter groups (default: weights decayed and
-   LARS-adapted, biases and norm parameters not; a method may set its own decay or lr per group).
+   LARS-adapted, biases and norm parameters not; a method may set its own decay or lr per group);
+   ``weight_decay(step, total_steps, cfg)`` before every step: the weight decay written into the groups that
+   carry a ``wd_scale`` (DINO's cosine schedule; no default group has one).
 6. ``before_epoch(model, epoch, cfg)`` at the start of every epoch (SwAV: its queue and prototype freeze go by
    epoch); ``before_optimizer_step(model, step, cfg)`` after backward, before the optimiser step (e.g. SwAV
    freezing its prototypes' gradients in its first epochs).
@@ -93,8 +95,8 @@ class Method:
         """Rules across sections, run when a ``Config`` of this method is built (each section has checked
         its own fields); raise ``ConfigError`` naming the field and the fix. Default: a ResNet encoder."""
         if cfg.model.arch == "vit":
-            raise ConfigError(f"model.arch must be a ResNet for method {self.name!r} (vit is for method 'mae'); "
-                              f"got 'vit'")
+            raise ConfigError(f"model.arch must be a ResNet for method {self.name!r} (vit is for methods 'mae' and "
+                              f"'dino'); got 'vit'")
 
     def views(self, images: Images, cfg: Config, generator: RandomSource) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -112,6 +114,11 @@ class Method:
         """The optimiser's parameter groups over ``trainable(model)``; keys beyond ``params`` override the
         optimiser's defaults per group (``weight_decay``, ``lr_scale``; ``lars_exclude`` for LARS)."""
         return param_groups(self.trainable(model), cfg.optim.weight_decay)
+
+    def weight_decay(self, step: int, total_steps: int, cfg: Config) -> float:
+        """The weight decay of optimiser step ``step`` (0-based, as the learning rate's schedule), written before
+        the step into every parameter group with a ``wd_scale`` (times it). Default: ``optim.weight_decay``."""
+        return cfg.optim.weight_decay
 
     def before_epoch(self, model: nn.Module, epoch: int, cfg: Config) -> None:
         """Called on every worker before the first step of each epoch (counting from 1), a resumed epoch too."""

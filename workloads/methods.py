@@ -11,6 +11,7 @@ from __future__ import annotations
 from workloads.barlowtwins.method import BarlowTwins
 from workloads.byol.method import BYOL
 from workloads.config import SHARED_SECTIONS, Config
+from workloads.dino.method import DINO
 from workloads.fields import ConfigError
 from workloads.inpaint.method import Inpaint
 from workloads.mae.method import MAE
@@ -34,6 +35,7 @@ METHODS: dict[str, Method] = {
     "vae": VAE(),
     "barlowtwins": BarlowTwins(),
     "vicreg": VICReg(),
+    "dino": DINO(),
 }
 
 

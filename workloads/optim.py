@@ -158,6 +158,29 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
     return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """``start`` at step 0 moving to ``end`` on a half cosine over ``total_steps`` steps (0-based ``step``):
+    end + (start − end)·(1 + cos(π·step/total))/2, DINO's ``cosine_scheduler`` without warmup (its weight
+    decay; facebookresearch/dino utils.py). Steps past the end stay at ``end``."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0; got total_steps={total_steps}.")
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got step={step}.")
+    progress = min(step / total_steps, 1.0)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Write ``weight_decay`` times the group's ``wd_scale`` into every group that has one (a method's
+    ``param_groups`` opts a group into its weight-decay schedule so); groups without keep the decay they
+    were built with."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0; got weight_decay={weight_decay}.")
+    for group in optimizer.param_groups:
+        if "wd_scale" in group:
+            group["weight_decay"] = weight_decay * group["wd_scale"]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Write `lr` into every param group (called once per step with `warmup_cosine`), times the group's
     `lr_scale` when a method's `param_groups` gave it one."""

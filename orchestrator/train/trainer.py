@@ -32,7 +32,7 @@ from orchestrator.train.progress import flush, start_attempt
 from orchestrator.train.stopflag import say
 from workloads.method import Net, normalize
 from workloads.methods import method
-from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
+from workloads.optim import build_optimizer, scaled_lr, set_lr, set_weight_decay, warmup_cosine
 
 
 class Trainer:
@@ -158,6 +158,7 @@ class Trainer:
         self.lr = warmup_cosine(self.state.global_step, self.total_steps, self.warmup_steps, self.base_lr,
                                 cfg.optim.final_lr)
         set_lr(self.optimizer, self.lr)
+        set_weight_decay(self.optimizer, self.method.weight_decay(self.state.global_step, self.total_steps, cfg))
         batch = self.method.finish_batch(batch, cfg)  # what the views left for the device (aug.device=train)
         loss = self.method.loss(self.net, batch, cfg)
         if faults.fires("nan_loss", epoch, step):

@@ -142,7 +142,7 @@ def test_a_simclr_config_has_no_other_methods_sections() -> None:
 @pytest.mark.parametrize(("name", "key", "owners"), [
     ("simclr", "moco.queue_size", "method 'moco'"),
     ("simclr", "mae.mask_ratio", "methods 'mae', 'inpaint'"),
-    ("simclr", "multicrop.small_crops", "method 'swav'"),
+    ("simclr", "multicrop.small_crops", "methods 'swav', 'dino'"),
     ("byol", "loss.temperature", "methods 'simclr', 'moco'"),
     ("mae", "vae.beta", "method 'vae'"),
 ])

@@ -17,7 +17,6 @@ from workloads.inpaint.method import Inpaint
 from workloads.inpaint.model import build_inpaint_model
 from workloads.mae.method import MAE
 from workloads.mae.model import MAEModel, build_mae_model
-from workloads.mae.vit import ViT
 from workloads.masked import masked_mse
 from workloads.masks import (
     block_mask,
@@ -29,6 +28,7 @@ from workloads.masks import (
     visible_index,
 )
 from workloads.method import Method, Net, normalize
+from workloads.vit import ViT
 
 
 def _patches(b: int, length: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

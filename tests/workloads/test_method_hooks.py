@@ -47,3 +47,10 @@ def test_before_optimizer_step_is_a_no_op_by_default() -> None:
     grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     Method().before_optimizer_step(model, 1, tiny_cfg())
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+
+
+def test_weight_decay_is_the_configs_by_default() -> None:
+    cfg = tiny_cfg().replace({"optim.weight_decay": 3e-4})
+    assert [Method().weight_decay(step, 10, cfg) for step in (0, 5, 9)] == [3e-4] * 3
+    groups = method("simclr").param_groups(method("simclr").build_model(cfg), cfg)
+    assert not any("wd_scale" in g for g in groups)  # the Trainer's set_weight_decay leaves them as built

@@ -10,9 +10,11 @@ from torch import nn
 from workloads.optim import (
     LARS,
     build_optimizer,
+    cosine,
     param_groups,
     scaled_lr,
     set_lr,
+    set_weight_decay,
     warmup_cosine,
 )
 
@@ -242,3 +244,25 @@ def test_scaled_lr_rules() -> None:
         scaled_lr(0.3, 512, "log")
     with pytest.raises(ValueError, match="global_batch"):
         scaled_lr(0.3, 0, "linear")
+
+
+def test_plain_cosine_runs_from_start_to_end_and_stays_there() -> None:
+    assert cosine(0, 100, 0.04, 0.4) == pytest.approx(0.04, abs=1e-15)
+    assert cosine(50, 100, 0.04, 0.4) == pytest.approx(0.22)  # half way: the mean
+    assert cosine(25, 100, 0.04, 0.4) == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi / 4)))
+    assert cosine(100, 100, 0.04, 0.4) == pytest.approx(0.4) and cosine(130, 100, 0.04, 0.4) == pytest.approx(0.4)
+    values = [cosine(s, 100, 0.04, 0.4) for s in range(101)]
+    assert all(a < b for a, b in itertools.pairwise(values))
+    for step, total, field in ((0, 0, "total_steps"), (-1, 10, "step")):
+        with pytest.raises(ValueError, match=field):
+            cosine(step, total, 1.0, 0.0)
+
+
+def test_set_weight_decay_writes_only_the_groups_with_a_wd_scale() -> None:
+    a, b, c = (nn.Parameter(torch.ones(2, 2)) for _ in range(3))
+    opt = build_optimizer("adamw", [{"params": [a], "weight_decay": 0.05}, {"params": [b], "wd_scale": 1.0},
+                                    {"params": [c], "weight_decay": 0.0, "wd_scale": 0.0}], lr=0.1, weight_decay=0.01)
+    set_weight_decay(opt, 0.3)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.3, 0.0]
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        set_weight_decay(opt, -0.1)

@@ -10,8 +10,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from workloads.mae.vit import LN_EPS, Block, ViT, init_transformer, position, sincos_pos_embed_2d
 from workloads.masks import visible_index
+from workloads.vit import LN_EPS, Block, ViT, init_transformer, position, sincos_pos_embed_2d
 
 
 class MAEModel(nn.Module):

@@ -1,14 +1,18 @@
-"""A small Vision Transformer (Dosovitskiy et al. 2021) as MAE's encoder (He et al. 2021, §3).
+"""A small Vision Transformer (Dosovitskiy et al. 2021): MAE's encoder (He et al. 2021, §3) and DINO's backbone
+(Caron et al. 2021).
 
 Patch embedding by a p×p stride-p convolution, fixed 2-D sin-cos position embeddings, a class token,
 pre-norm transformer blocks and a final LayerNorm, initialised as facebookresearch/mae's
 `initialize_weights`. `forward` gives the features that kNN, the linear probe and the exported model
-use; `forward_visible` is the MAE encoder, which sees only the visible patches.
+use: the mean patch token (``pool="mean"``, MAE) or the class token (``pool="cls"``, DINO);
+`forward_visible` is the MAE encoder, which sees only the visible patches; `last_attention` the last
+block's attention maps (DINO's pictures).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,13 +65,24 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of the normalised input, per head: (B, h, N, D/h) each."""
         b, n, d = x.shape  # B x N x D
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)  # B x N x 3 x h x D/h
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # B x h x N x D/h each
-        a = F.scaled_dot_product_attention(q, k, v)  # B x h x N x D/h
+        return q, k, v
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape  # B x N x D
+        a = F.scaled_dot_product_attention(*self.qkv_heads(x))  # B x h x N x D/h
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))  # B x N x D
         return x + self.mlp(self.norm2(x))  # B x N x D
+
+    def attention(self, x: Tensor) -> Tensor:
+        """The attention weights softmax(q·kᵀ/√(D/h)) (B, h, N, N) that ``forward`` applies to the values
+        (its fused kernel never materialises them): DINO's ``get_last_selfattention``."""
+        q, k, _ = self.qkv_heads(x)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # B x h x N x N
 
 
 def init_transformer(module: nn.Module) -> None:
@@ -82,16 +97,23 @@ def init_transformer(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+Pool = Literal["mean", "cls"]
+
+
 class ViT(nn.Module):
     """ViT encoder: images (N, 3, S, S) -> features (N, dim); `forward_visible` for MAE pretraining."""
 
     pos_embed: Tensor  # 1 x L x D buffer
 
-    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, heads: int) -> None:
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
+                 pool: Pool = "mean") -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' (MAE) or 'cls' (DINO); got {pool!r}")
         grid = image_size // patch_size
+        self.pool = pool
         self.patch_size = patch_size
         self.num_patches = grid * grid
         self.num_features = dim
@@ -115,22 +137,38 @@ class ViT(nn.Module):
         t = t.flatten(2).transpose(1, 2)  # B x L x D
         return t + position(self.pos_embed, rows, cols)  # B x L x D
 
+    def with_cls(self, tokens: Tensor) -> Tensor:
+        """The class token prepended: (B, K, D) -> (B, 1 + K, D) (no position, as MAE's zero one)."""
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # B x 1 x D
+        return torch.cat([cls.to(tokens.dtype), tokens], dim=1)  # B x 1+K x D
+
     def transform(self, tokens: Tensor) -> Tensor:
         """Prepend the class token, run the blocks, normalise: (B, K, D) -> (B, 1 + K, D)."""
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # B x 1 x D (no position, as MAE's zero one)
-        x = torch.cat([cls.to(tokens.dtype), tokens], dim=1)  # B x 1+K x D
+        x = self.with_cls(tokens)  # B x 1+K x D
         for block in self.blocks:
             x = block(x)
         return self.norm(x)  # B x 1+K x D
 
     def forward(self, x: Tensor) -> Tensor:
-        """Mean of the patch tokens of the unmasked image: the features kNN and the linear probe read.
+        """The features kNN and the linear probe read, of the unmasked image (B, D).
 
-        Average pooling rather than the class token: MAE's encoder "works similarly well without it
-        (with average pooling)" (He et al. 2021, §A.1) and its fine-tuning default is global pooling
-        (`--global_pool`); in pretraining the class token gets no loss of its own.
+        ``pool="mean"`` (MAE): the mean of the patch tokens rather than the class token: MAE's encoder
+        "works similarly well without it (with average pooling)" (He et al. 2021, §A.1), its fine-tuning
+        default is global pooling (`--global_pool`), and in its pretraining the class token gets no loss of
+        its own. ``pool="cls"`` (DINO): the class token after the final norm, what DINO's head and
+        evaluations read (facebookresearch/dino vision_transformer.py ``forward``).
         """
-        return self.transform(self.embed(x))[:, 1:].mean(dim=1)  # B x D
+        tokens = self.transform(self.embed(x))  # B x 1+L x D
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)  # B x D
+
+    def last_attention(self, x: Tensor) -> Tensor:
+        """The last block's attention weights (B, h, 1 + L, 1 + L) on images x, the class token first (DINO's
+        ``get_last_selfattention``): row 0 is where the class token looks."""
+        t = self.with_cls(self.embed(x))  # B x 1+L x D
+        for block in self.blocks[:-1]:
+            t = block(t)
+        last: Block = self.blocks[-1]  # type: ignore[assignment]
+        return last.attention(t)  # B x h x 1+L x 1+L
 
     def encode_kept(self, x: Tensor, ids_keep: Tensor) -> Tensor:
         """Tokens (B, 1 + K, D) of the patches `ids_keep` (B, K): only they enter the transformer."""
