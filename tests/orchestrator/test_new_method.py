@@ -120,7 +120,8 @@ def test_a_registered_method_trains_a_step_through_the_trainer(registered: Metho
 
 
 def test_unregistering_leaves_the_built_in_methods() -> None:
-    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae", "barlowtwins", "vicreg", "dino")
+    assert tuple(METHODS) == ("simclr", "moco", "mae", "inpaint", "swav", "byol", "vae",
+                              "barlowtwins", "vicreg", "dino")
     known = "simclr, moco, mae, inpaint, swav, byol, vae, barlowtwins, vicreg, dino"
     with pytest.raises(ConfigError, match=f"config.method must be one of {known}"):
         Config(method="mean_colour")

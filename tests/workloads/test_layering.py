@@ -76,7 +76,8 @@ def violations(root: Path, folders: set[str]) -> list[str]:
 
 
 def test_every_method_of_the_table_has_a_folder_of_its_own() -> None:
-    assert method_folders() == {"simclr", "moco", "mae", "inpaint", "swav", "byol", "vae", "barlowtwins", "vicreg", "dino"}
+    assert method_folders() == {"simclr", "moco", "mae", "inpaint", "swav", "byol", "vae",
+                                "barlowtwins", "vicreg", "dino"}
 
 
 def test_method_folders_import_only_shared_modules_and_shared_modules_no_method_folder() -> None:
