@@ -116,14 +116,16 @@ def from_arrays(src: sources.ArraySource, size: int, where: str) -> Rows:
 
 
 def from_listing(listing: sources.FileListing, where: str, classes: tuple[str, ...] = (), field: str = "") -> Rows:
-    """Image files; labels from their class folders, renumbered to ``classes`` when given (an
+    """Image files; labels from their class folders (or a manifest), renumbered to ``classes`` when given (an
     evaluation tree labelled as the training tree is, ``field`` naming it in the error)."""
     labels = np.asarray(listing.labels, dtype=np.int64)
     names = list(listing.classes)
     if classes:
         labels = _renumbered(listing, list(classes), field)
         names = list(classes)
-    return Rows(labels, np.arange(len(labels), dtype=np.int64), len(names), where, classes=tuple(names),
+    # labels without class names (a manifest's bare numbers): label i is class i, as in Parquet
+    num_classes = len(names) or (int(labels.max()) + 1 if len(labels) else 0)
+    return Rows(labels, np.arange(len(labels), dtype=np.int64), num_classes, where, classes=tuple(names),
                 paths=tuple(listing.paths), filesystem=listing.filesystem)
 
 

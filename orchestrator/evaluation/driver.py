@@ -35,7 +35,8 @@ def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None
     tracking.experiment_id(client, cfg.tracking.experiment, uri)  # fails fast when the store is unreachable
     run_id: str = payload["run_id"]
     with ray_session(ray_opts):
-        data = prepare(cfg.data, cfg.train.seed, train=False)
+        # the run's folder holds the checkpoint and the listings the run kept: its folders are not listed again
+        data = prepare(cfg.data, cfg.train.seed, train=False, listings=storage.parent(path))
         if not data.num_classes or data.eval_bank is None or data.eval_test is None:
             raise UserError(f"data.source {cfg.data.source!r} has no labelled held-out split to evaluate on; "
                             f"pick a labelled dataset with --set data.source=... (and data.holdout_fraction > 0)")

@@ -145,15 +145,21 @@ def test_the_views_picture_shows_the_rows_and_views_the_stream_gives_first(small
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
-def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(small_folder: Path) -> None:
+def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(
+        small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and the resumed driver reads the listing the run kept in its folder instead of listing again."""
+    listed: list[str] = []
+    real = sources.list_image_folder
+    monkeypatch.setattr(sources, "list_image_folder", lambda *a, **k: listed.append("list") or real(*a, **k))
     cfg = config(source="imagefolder", root=str(small_folder), seed=3)
-    data = prepare(cfg.data, seed=3)
-    assert data.train is not None
+    run = str(tmp_path / "runs" / "r")
+    data = prepare(cfg.data, seed=3, listings=run)
+    assert data.train is not None and listed == ["list"]
     clock = EpochClock.remote()  # type: ignore[attr-defined]
     epoch_batches(cfg, data.train, 1, clock)
     uninterrupted = epoch_batches(cfg, data.train, 2, clock)  # the same pipeline, its second epoch
-    resumed_data = prepare(cfg.data, seed=3)  # stopped after epoch 1; the new driver starts at epoch 2
-    assert resumed_data.train is not None
+    resumed_data = prepare(cfg.data, seed=3, listings=run)  # stopped after epoch 1; the new driver starts at epoch 2
+    assert resumed_data.train is not None and listed == ["list"]  # not listed again
     resumed = epoch_batches(cfg, resumed_data.train, 2)
     assert len(resumed) == len(uninterrupted)
     for a, b in zip(uninterrupted, resumed, strict=True):
