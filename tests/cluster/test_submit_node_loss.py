@@ -36,7 +36,7 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     # ... named by a manifest in the bucket (data.source=manifest): paths relative to data.root, no labels
     names = sorted(str(p.relative_to(tmp_path / "photos")) for p in (tmp_path / "photos").rglob("*.jpg"))
     (tmp_path / "photos.csv").write_text("path\n" + "".join(f"{n}\n" for n in names))
-    listed = s3.upload(tmp_path / "photos.csv", f"{bucket}/photos.csv")
+    manifest_uri = s3.upload(tmp_path / "photos.csv", f"{bucket}/photos.csv")
     storage = f"{bucket}/runs"
     auth = ["--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)]
     # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data. The
@@ -44,8 +44,8 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     # no storage credentials: the nodes have theirs.
     with open(tmp_path / "submit.stdout", "w") as out, open(tmp_path / "submit.stderr", "w") as err:
         submit = subprocess.Popen(
-            [SIMCLR, "submit", "train", *TINY, "--set", "data.source=manifest", "--set", f"data.manifest={listed}",
-             "--set", f"data.root={photos}",
+            [SIMCLR, "submit", "train", *TINY, "--set", "data.source=manifest",
+             "--set", f"data.manifest={manifest_uri}", "--set", f"data.root={photos}",
              "--set", "data.decode_size=20", "--epochs", str(EPOCHS),
              "--workers", "2", "--name", "node-loss", "--set", "train.cpus_per_worker=2",
              "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
@@ -112,7 +112,7 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
         assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
     # where things are: the data's manifest as the dataset's source, the last checkpoint's URI as a tag
     (used,) = run.inputs.dataset_inputs
-    assert json.loads(used.dataset.source) == {"uri": listed}
+    assert json.loads(used.dataset.source) == {"uri": manifest_uri}
     assert run.data.params["dataset.num_train"] == str(len(names))  # every photo the manifest names
     last = f"{storage}/node-loss/checkpoint_epoch_{EPOCHS:05d}"
     assert run.data.tags["simclr.checkpoint"] == last
