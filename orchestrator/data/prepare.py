@@ -143,6 +143,16 @@ def _block_store(ds: ray.data.Dataset, encoded: bool, policy: str) -> RowStore:
     return RowStore.from_blocks(blocks, row_ids, encoded=encoded, bad_images=policy)
 
 
+def node_object_store() -> float | None:
+    """The decoded cache's budget: the smallest object store among the live nodes that run tasks (bytes;
+    None before Ray starts). After an epoch every such node holds a copy of every block its stream tasks
+    read, in practice the whole cache (docs/BENCHMARKS.md, section 10), so the cache must fit in one
+    node's store, not in the cluster's sum of them."""
+    stores = [float(n["Resources"].get("object_store_memory", 0.0)) for n in ray.nodes()
+              if n.get("Alive") and n["Resources"].get("CPU", 0.0) > 0]
+    return min(stores) if stores else None
+
+
 def _fits(cfg: DataConfig, num_rows: int, budget: float | None) -> bool:
     size = cfg.stored_size
     area = 1.0 if cfg.center_square else _WHOLE_IMAGE_AREA

@@ -25,7 +25,7 @@ from torch import nn
 
 from orchestrator import console, tracking
 from orchestrator.data import catalog
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, node_object_store, prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stream
 from orchestrator.errors import UserError
 from orchestrator.interrupt import run_interruptibly
@@ -86,8 +86,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             quiet_ray_data()
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-        data, prepare_seconds = _prepare(cfg, prepared, resources, listings or join(cfg.train.storage_path,
-                                                                                 cfg.train.name))
+        data, prepare_seconds = _prepare(cfg, prepared, listings or join(cfg.train.storage_path, cfg.train.name))
         steps = (data.num_train // cfg.train.workers) // cfg.train.worker_batch_size
         if steps < 1:
             raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {data.num_train} training "
@@ -125,11 +124,10 @@ def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: in
             + (f"\n  Ray's output: {log}" if log else ""))
 
 
-def _prepare(cfg: Config, prepared: PreparedData | None, resources: dict[str, float], listings: str
-             ) -> tuple[PreparedData, float]:
+def _prepare(cfg: Config, prepared: PreparedData | None, listings: str) -> tuple[PreparedData, float]:
     """``cfg.data`` read and decoded (or as a sweep prepared it), and the seconds it took here."""
     start = time.perf_counter()
-    data = prepared or prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"), listings=listings)
+    data = prepared or prepare(cfg.data, cfg.train.seed, node_object_store(), listings=listings)
     return data, time.perf_counter() - start
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, node_object_store, prepare
 from orchestrator.train.driver import quiet_ray_data, train
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
@@ -77,7 +76,7 @@ def shared_data(spec: SweepSpec, client: Any, quiet: bool = False) -> PreparedDa
         quiet_ray_data()
     base = Config.from_saved(spec.base)
     start = time.perf_counter()
-    data = prepare(base.data, base.train.seed, ray.cluster_resources().get("object_store_memory"),
+    data = prepare(base.data, base.train.seed, node_object_store(),
                    listings=spec.path)  # the sweep's folder keeps the listings: a resumed sweep lists nothing
     client.log_metric(spec.parent_run_id, "prepare_seconds", time.perf_counter() - start)
     return data

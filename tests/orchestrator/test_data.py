@@ -25,7 +25,7 @@ from PIL import Image
 
 from orchestrator.data import sources
 from orchestrator.data.evalsets import balanced_order, stratified_holdout
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, _fits, node_object_store, prepare
 from orchestrator.data.rows import FILE_ROWS_PER_BLOCK, ROW_ID, Rows
 from orchestrator.data.stream import RowStore
 from orchestrator.errors import BadImageError, UserError
@@ -415,3 +415,21 @@ def test_the_read_tasks_of_image_files_carry_their_own_rows_and_no_listing(
     read = captured["fn"]({"path": np.asarray([str(tmp_path / "a.jpg"), str(tmp_path / "gone.jpg")]),
                            ROW_ID: np.asarray([4, 6]), "label": np.asarray([1, 0])})
     assert read["bytes"].tolist() == [b"jpeg", None] and read[ROW_ID].tolist() == [4, 6]
+
+
+def test_the_decoded_cache_is_budgeted_by_the_smallest_node_that_runs_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an epoch every node holds the whole cache (docs/BENCHMARKS.md, section 10): it must fit in one
+    node's object store, not in the cluster's sum."""
+    mb = 2.0**20
+    nodes = [{"Alive": True, "Resources": {"CPU": 3.0, "object_store_memory": 300 * mb}},
+             {"Alive": True, "Resources": {"CPU": 3.0, "object_store_memory": 200 * mb}},
+             {"Alive": False, "Resources": {"CPU": 3.0, "object_store_memory": 50 * mb}},  # lost
+             {"Alive": True, "Resources": {"object_store_memory": 10 * mb}}]  # a head that runs no tasks
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    budget = node_object_store()
+    assert budget == 200 * mb
+    cfg = DataConfig(source="imagefolder", root="r", decode_size=64, center_square=True)
+    rows_that_fit = int(0.5 * budget / (64 * 64 * 3))
+    assert _fits(cfg, rows_that_fit - 1, budget) and not _fits(cfg, rows_that_fit + 1, budget)
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    assert node_object_store() is None
