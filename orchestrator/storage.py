@@ -42,6 +42,11 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else os.path.join(base, *parts)
 
 
+def parent(path: str) -> str:
+    """The folder that holds ``path`` (a URI's parent prefix)."""
+    return path.rstrip("/").rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
+
+
 def filesystem(path: str, field: str = "") -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of ``path`` and the path within it. With ``field``, a URI pyarrow cannot
     open (an unknown scheme, a malformed bucket) is a UserError naming that field."""
@@ -51,6 +56,39 @@ def filesystem(path: str, field: str = "") -> tuple[pafs.FileSystem, str]:
         if not field:
             raise
         raise UserError(f"{field}: cannot open {redact(path)!r}: {first_line(err)}") from err
+
+
+def resolve(paths: list[str], root: str, field: str) -> tuple[pafs.FileSystem, list[str]]:
+    """A manifest's paths on the one filesystem that reads them, and each one's path within it: a relative
+    path is under ``root``; an absolute path or a URI is itself (a URI of the same scheme as the others).
+    ``field`` names the manifest in the errors."""
+    relative = [not (is_uri(p) or os.path.isabs(p)) for p in paths]
+    if any(relative) and not root:
+        example = paths[relative.index(True)]
+        raise UserError(f"data.root: {field}'s paths are relative (e.g. {example!r}); set data.root to the folder "
+                        f"or bucket prefix they are relative to")
+    reference = root or (paths[0] if paths else "")
+    fs, base = filesystem(reference, "data.root" if root else field)
+    scheme = reference.split(SCHEME, 1)[0] if is_uri(reference) else ""
+    base = base.rstrip("/") if root else base
+    inner: list[str] = []
+    for path, rel in zip(paths, relative, strict=True):
+        if rel:
+            inner.append(f"{base}/{path}")
+            continue
+        own = path.split(SCHEME, 1)[0] if is_uri(path) else ""
+        if own != scheme:
+            raise UserError(f"{field}: {redact(path)!r} is not on the same store as {redact(reference)!r}; give the "
+                            f"manifest's paths all local or all in one store (relative paths: under data.root)")
+        inner.append(path.split(SCHEME, 1)[1].split("?", 1)[0] if own and own != "file" else
+                     filesystem(path)[1] if own else os.path.abspath(path))
+    return fs, inner
+
+
+def relative(path: str, base: str) -> str | None:
+    """``path`` (a path within a filesystem) relative to ``base`` in the same one; None when not under it."""
+    base = base.rstrip("/")
+    return path[len(base) + 1:] if path.startswith(base + "/") else None
 
 
 def patient_filesystem(path: str) -> tuple[pafs.FileSystem, str]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from workloads.method import Method
 
 Source = Literal["digits", "synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder",
-                 "parquet", "images"]
+                 "parquet", "images", "manifest"]
 
 
 @dataclass
@@ -34,8 +34,9 @@ class DataConfig:
 
     section: ClassVar[str] = "data"
     source: Source = "digits"
-    root: str = ""  # local root of a torchvision-format dataset or an ImageFolder tree
+    root: str = ""  # a torchvision-format dataset, an ImageFolder tree; manifest: what its relative paths are under
     uri: str = ""  # parquet / image files: a path or s3://, gs:// URI (file, folder or glob)
+    manifest: str = ""  # manifest: a CSV or Parquet file (path or URI) of `path` and optional `label` columns
     download: bool = False  # torchvision-format datasets: fetch into root when missing
     split: str = "train"  # torchvision split used for pretraining ("train", or "unlabeled" for STL-10)
     image_size: int = 16  # side of each augmented view
@@ -73,10 +74,16 @@ class DataConfig:
             check(bool(self.uri), s, "uri", f"set for source {self.source!r} (a path or s3://, gs:// URI)", self.uri)
         if self.source in ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist", "imagefolder"):
             check(bool(self.root), s, "root", f"set for source {self.source!r} (a local folder)", self.root)
+        if self.source == "manifest":
+            check(bool(self.manifest), s, "manifest", "set for source 'manifest' (a CSV or Parquet file of path, "
+                  "label)", self.manifest)
+        else:
+            check(not self.manifest, s, "manifest", "empty unless data.source=manifest (set that to read it)",
+                  self.manifest)
         if self.eval_root:
-            check(self.source in ("imagefolder", "images", "parquet"), s, "eval_root",
-                   "empty unless the source is imagefolder, images or parquet (the others have a test split)",
-                   self.eval_root)
+            check(self.source in ("imagefolder", "images", "parquet", "manifest"), s, "eval_root",
+                   "empty unless the source is imagefolder, images, parquet or manifest (the others have a test "
+                   "split)", self.eval_root)
 
     @property
     def stored_size(self) -> int:

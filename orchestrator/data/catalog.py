@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator import storage
-from orchestrator.data import rows, sources
+from orchestrator.data import manifest, rows, sources
 from orchestrator.data.rows import Rows
 from orchestrator.errors import UserError
 from workloads.config import DataConfig
@@ -31,7 +31,9 @@ class PathNeed:
 
 @dataclass(frozen=True)
 class Source:
-    load: Callable[[DataConfig, int], Rows]  # (cfg, seed) -> the source's rows
+    # (cfg, seed, listings) -> the source's rows; listings: the folder where a run keeps the listings of the
+    # folders it reads (orchestrator/data/manifest.py: listed), "" to list them every time
+    load: Callable[[DataConfig, int, str], Rows]
     evaluates: Callable[[DataConfig], bool]  # whether runs report knn_top1 (a held-out labelled split)
     paths: tuple[PathNeed, ...] = ()
 
@@ -56,29 +58,35 @@ def _parquet_labelled(cfg: DataConfig) -> bool:
     return bool(cfg.label_column) and cfg.holdout_fraction > 0
 
 
-def _digits(cfg: DataConfig, seed: int) -> Rows:
+def _digits(cfg: DataConfig, seed: int, listings: str) -> Rows:
     return rows.from_arrays(sources.load_digits(), cfg.stored_size, cfg.source)
 
 
-def _synthetic(cfg: DataConfig, seed: int) -> Rows:
+def _synthetic(cfg: DataConfig, seed: int, listings: str) -> Rows:
     src = sources.synthetic(cfg.num_samples, cfg.num_classes, cfg.stored_size, seed)
     return rows.from_arrays(src, cfg.stored_size, cfg.source)
 
 
-def _torchvision(cfg: DataConfig, seed: int) -> Rows:
+def _torchvision(cfg: DataConfig, seed: int, listings: str) -> Rows:
     src = sources.load_torchvision(cfg.source, cfg.root, cfg.split, cfg.download)
     return rows.from_arrays(src, cfg.stored_size, cfg.root)
 
 
-def _image_folder(cfg: DataConfig, seed: int) -> Rows:
-    return rows.from_listing(sources.list_image_folder(cfg.root), cfg.root)
+def _image_folder(cfg: DataConfig, seed: int, listings: str) -> Rows:
+    listing = manifest.listed(lambda: sources.list_image_folder(cfg.root), cfg.root, "data.root", listings)
+    return rows.from_listing(listing, cfg.root)
 
 
-def _image_files(cfg: DataConfig, seed: int) -> Rows:
-    return rows.from_listing(sources.list_image_files(cfg.uri), cfg.uri)
+def _image_files(cfg: DataConfig, seed: int, listings: str) -> Rows:
+    listing = manifest.listed(lambda: sources.list_image_files(cfg.uri), cfg.uri, "data.uri", listings)
+    return rows.from_listing(listing, cfg.uri)
 
 
-def _parquet(cfg: DataConfig, seed: int) -> Rows:
+def _manifest(cfg: DataConfig, seed: int, listings: str) -> Rows:
+    return rows.from_listing(manifest.read(cfg.manifest, cfg.root), cfg.manifest)
+
+
+def _parquet(cfg: DataConfig, seed: int, listings: str) -> Rows:
     return rows.from_parquet(cfg)
 
 
@@ -98,6 +106,8 @@ SOURCES: dict[str, Source] = {
                                      "root/<class>/<image>"),)),
     "parquet": Source(_parquet, _parquet_labelled, (_URI,)),
     "images": Source(_image_files, _never, (_URI,)),
+    "manifest": Source(_manifest, _held_out, (PathNeed(
+        "manifest", folder=False, missing="data.manifest: no such file {value!r}; " + manifest.FIX),)),
 }
 
 

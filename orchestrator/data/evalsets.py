@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import ray.data
 
+from orchestrator.data import manifest, sources
 from orchestrator.data import rows as rows_lib
-from orchestrator.data import sources
 from orchestrator.data.decode import decoded
 from orchestrator.data.rows import Rows
 from workloads.config import DataConfig
@@ -39,11 +39,12 @@ def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Gener
     return held
 
 
-def eval_root_rows(cfg: DataConfig, classes: tuple[str, ...]) -> Rows:
+def eval_root_rows(cfg: DataConfig, classes: tuple[str, ...], listings: str = "") -> Rows:
     """``data.eval_root``'s images, labelled in the training classes' numbering (matched by folder name),
-    or in its own when the training images have no class names (image files; Parquet, whose labels are
-    numbers: class folder i is label i)."""
-    listing = sources.list_image_folder(cfg.eval_root, field="data.eval_root")
+    or in its own when the training images have no class names (image files; Parquet or a manifest of
+    numbers: class folder i is label i). ``listings``: where the run keeps its listings (manifest.listed)."""
+    listing = manifest.listed(lambda: sources.list_image_folder(cfg.eval_root, field="data.eval_root"),
+                              cfg.eval_root, "data.eval_root", listings)
     return rows_lib.from_listing(listing, cfg.eval_root, classes, field="data.eval_root")
 
 

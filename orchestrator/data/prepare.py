@@ -52,13 +52,15 @@ class PreparedData:
     bad_images: int  # images skipped under data.bad_images=skip (-1: not counted, decode not cached)
 
 
-def prepare(cfg: DataConfig, seed: int, object_store_budget: float | None = None, train: bool = True
-            ) -> PreparedData:
-    """Read the configured source into the training row store and the evaluation sets."""
+def prepare(cfg: DataConfig, seed: int, object_store_budget: float | None = None, train: bool = True,
+            listings: str = "") -> PreparedData:
+    """Read the configured source into the training row store and the evaluation sets. ``listings``: the
+    run's folder, where the listings of the folders it reads are kept as manifests (orchestrator/data/
+    manifest.py), so that the run resumed lists none of them again ("": list them)."""
     rng = np.random.default_rng(seed)  # draws the held-out split, then the evaluation samples
     with _ordered():
-        rows = catalog.source(cfg.source).load(cfg, seed)
-        train_rows, test_rows = split(rows, cfg, rng)
+        rows = catalog.source(cfg.source).load(cfg, seed, listings)
+        train_rows, test_rows = split(rows, cfg, rng, listings)
         store, bad = _store(train_rows, cfg, object_store_budget) if train else (None, 0)
         bank, queries = eval_sets(train_rows, test_rows, cfg, rng)
     labelled = train_rows.labelled or bank is not None
@@ -79,12 +81,12 @@ def _ordered() -> Iterator[None]:
         options.preserve_order = before
 
 
-def split(rows: Rows, cfg: DataConfig, rng: np.random.Generator) -> tuple[Rows, Rows | None]:
+def split(rows: Rows, cfg: DataConfig, rng: np.random.Generator, listings: str = "") -> tuple[Rows, Rows | None]:
     """The training rows and the held-out ones (None: nothing held out)."""
     if rows.test is not None:
         return rows, rows.test
     if cfg.eval_root:
-        return rows, eval_root_rows(cfg, rows.classes)
+        return rows, eval_root_rows(cfg, rows.classes, listings)
     if cfg.holdout_fraction > 0 and rows.labelled:
         held = stratified_holdout(rows.labels, cfg.holdout_fraction, rng)
         return rows.take(np.flatnonzero(~held)), rows.take(np.flatnonzero(held))
@@ -139,6 +141,16 @@ def _block_store(ds: ray.data.Dataset, encoded: bool, policy: str) -> RowStore:
     blocks = [(ref, len(i)) for ref, i in zip(refs, ids, strict=True)]
     row_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     return RowStore.from_blocks(blocks, row_ids, encoded=encoded, bad_images=policy)
+
+
+def node_object_store() -> float | None:
+    """The decoded cache's budget: the smallest object store among the live nodes that run tasks (bytes;
+    None before Ray starts). After an epoch every such node holds a copy of every block its stream tasks
+    read, in practice the whole cache (docs/BENCHMARKS.md, section 10), so the cache must fit in one
+    node's store, not in the cluster's sum of them."""
+    stores = [float(n["Resources"].get("object_store_memory", 0.0)) for n in ray.nodes()
+              if n.get("Alive") and n["Resources"].get("CPU", 0.0) > 0]
+    return min(stores) if stores else None
 
 
 def _fits(cfg: DataConfig, num_rows: int, budget: float | None) -> bool:

@@ -15,6 +15,7 @@ that the training stream keys its order and random draws by.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -78,13 +79,25 @@ def table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> pa.Table:
                      ROW_ID: pa.array(ids)})
 
 
+FILE_ROWS_PER_BLOCK = 64  # rows of a files dataset's blocks: one read-and-decode task's share
+
+
 def _files(paths: tuple[str, ...], labels: np.ndarray, ids: np.ndarray, fs: pafs.FileSystem | None
            ) -> ray.data.Dataset:
-    row_of = {p: (i, label) for p, i, label in zip(paths, ids.tolist(), labels.tolist(), strict=True)}
-    return ray.data.read_binary_files(list(paths), filesystem=fs, include_paths=True).map_batches(
-        lambda b: {"bytes": b["bytes"], "path": b["path"],
-                   ROW_ID: np.asarray([row_of[p][0] for p in b["path"]], dtype=np.int64),
-                   "label": np.asarray([row_of[p][1] for p in b["path"]], dtype=np.int64)})
+    """The files' bytes with their ``path``, id and label. Each block carries its own rows' paths, ids and
+    labels, and its task reads just those files: what a task receives does not grow with the number of
+    files (no listing in the map function's closure), and a missing file is an unreadable image."""
+    rows = pa.table({"path": pa.array(paths, pa.string()), ROW_ID: pa.array(ids, pa.int64()),
+                     "label": pa.array(labels, pa.int64())})
+    blocks = [rows.slice(i, FILE_ROWS_PER_BLOCK) for i in range(0, len(rows), FILE_ROWS_PER_BLOCK)]
+    return ray.data.from_arrow(blocks).map_batches(partial(_read_files, filesystem=fs), batch_format="numpy",
+                                                   batch_size=None)
+
+
+def _read_files(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem) -> dict[str, np.ndarray]:
+    data = np.empty(len(batch["path"]), dtype=object)
+    data[:] = [sources.read_file(filesystem, str(p)) for p in batch["path"]]
+    return {**batch, "bytes": data}
 
 
 def _parquet_subset(source: ray.data.Dataset, hashes: np.ndarray, ids: np.ndarray) -> ray.data.Dataset:
@@ -116,14 +129,16 @@ def from_arrays(src: sources.ArraySource, size: int, where: str) -> Rows:
 
 
 def from_listing(listing: sources.FileListing, where: str, classes: tuple[str, ...] = (), field: str = "") -> Rows:
-    """Image files; labels from their class folders, renumbered to ``classes`` when given (an
+    """Image files; labels from their class folders (or a manifest), renumbered to ``classes`` when given (an
     evaluation tree labelled as the training tree is, ``field`` naming it in the error)."""
     labels = np.asarray(listing.labels, dtype=np.int64)
     names = list(listing.classes)
     if classes:
         labels = _renumbered(listing, list(classes), field)
         names = list(classes)
-    return Rows(labels, np.arange(len(labels), dtype=np.int64), len(names), where, classes=tuple(names),
+    # labels without class names (a manifest's bare numbers): label i is class i, as in Parquet
+    num_classes = len(names) or (int(labels.max()) + 1 if len(labels) else 0)
+    return Rows(labels, np.arange(len(labels), dtype=np.int64), num_classes, where, classes=tuple(names),
                 paths=tuple(listing.paths), filesystem=listing.filesystem)
 
 

@@ -280,6 +280,15 @@ def parquet_location(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path
 
 
+def read_file(fs: pafs.FileSystem, path: str) -> bytes | None:
+    """A file's bytes; None when it is missing or cannot be read (the bad-image policy then applies)."""
+    try:
+        with fs.open_input_file(path) as f:
+            return bytes(f.read())
+    except OSError:
+        return None
+
+
 # --- decoding ---------------------------------------------------------------------------------------
 
 

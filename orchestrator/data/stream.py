@@ -9,9 +9,11 @@ sequence; it also moves every row through an all-to-all exchange each epoch. Her
 - ``RowStore``: where row ``p`` lives: in a block of decoded (or encoded) images that Ray's object
   store holds once for the run, or in a file that is read and decoded again each epoch;
 - ``EpochClock``: a small actor the train workers set at the start of each epoch, read by the tasks;
-- ``train_stream``: ``ray.data.range(chunks)``; task ``j`` takes chunk ``j`` of the epoch's
-  permutation, gathers those rows (zero-copy reads of blocks in the local object store), and
-  returns the method's views with a ``RowRandom`` keyed by (seed, epoch, row id).
+- ``train_stream``: ``ray.data.range(chunks)``; task ``j`` computes chunk ``j`` of the epoch's
+  permutation (only those places, ``shuffled``: O(chunk) at any N), looks those rows up in the store's
+  index (fetched once per worker process, zero-copy from the local object store), gathers them
+  (zero-copy reads of blocks in the local object store) and returns the method's views with a
+  ``RowRandom`` keyed by (seed, epoch, row id).
 
 So a batch is a uniform sample of the whole dataset, whatever order the source lists its files in
 (class folders, Parquet written class by class); two runs with one seed see the same rows, and a
@@ -21,7 +23,6 @@ its workers; which worker gets which chunk follows the order they ask in.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -110,15 +111,48 @@ class RowStore:
 def epoch_order(store_index: StoreIndex, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The positions of the rows in the order epoch ``epoch`` streams them: a permutation of the rows
     in row-id order drawn from (seed, epoch), so it does not depend on how the blocks were laid out
-    (``shuffle=False``: row-id order every epoch, for measuring what the shuffle costs)."""
+    (``shuffle=False``: row-id order every epoch, for measuring what the shuffle costs). The whole epoch;
+    a stream task computes only its chunk's part (``chunk_positions``)."""
+    return chunk_positions(store_index, seed, epoch, 0, len(store_index.row_ids), shuffle)
+
+
+def chunk_positions(store_index: StoreIndex, seed: int, epoch: int, start: int, stop: int,
+                    shuffle: bool = True) -> np.ndarray:
+    """``epoch_order(...)[start:stop]``, computed in O(stop - start): a task draws its own chunk of the
+    epoch's order without drawing the other N rows' places."""
+    k = np.arange(start, min(stop, len(store_index.row_ids)), dtype=np.int64)
     if not shuffle:
-        return store_index.canonical
-    return store_index.canonical[_permutation(len(store_index.row_ids), seed, epoch)]
+        return store_index.canonical[k]
+    return store_index.canonical[shuffled(k, len(store_index.row_ids), seed, epoch)]
 
 
-@functools.lru_cache(maxsize=4)
-def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+FEISTEL_ROUNDS = 6  # balanced Feistel rounds: 4 already give a pseudo-random permutation (Luby-Rackoff)
+
+
+def shuffled(k: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
+    """π(k) for each k in ``k``, π a permutation of [0, n) drawn from (seed, epoch): a Feistel network on the
+    smallest even number of bits that holds n, with splitmix64 as its round function, cycle-walked back into
+    [0, n) (a value >= n goes through the network again until it lands below n; at most 4n values, so a
+    few passes). Any subset of places is computed alone, in O(len(k)), with no O(n) array."""
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)  # bits of each half
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+    keys = np.random.SeedSequence([seed, epoch]).generate_state(FEISTEL_ROUNDS, dtype=np.uint64)
+    x = np.asarray(k, dtype=np.uint64).copy()
+    todo = np.ones(len(x), dtype=bool)
+    while todo.any():
+        left, right = x[todo] >> shift, x[todo] & mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right ^ key) & mask)
+        x[todo] = (left << shift) | right
+        todo = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that spreads every input bit over every output bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 _INDEX_CACHE: OrderedDict[str, StoreIndex] = OrderedDict()
@@ -165,9 +199,9 @@ def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, cloc
     if epoch is None:
         epoch = int(ray.get(clock.get.remote()))
     index = _index(store.index)
-    order = epoch_order(index, cfg.train.seed, epoch, cfg.data.shuffle)
     c = cfg.data.augment_batch_size
-    positions = np.concatenate([order[j * c:(j + 1) * c] for j in np.asarray(batch["id"]).tolist()])
+    positions = np.concatenate([chunk_positions(index, cfg.train.seed, epoch, j * c, (j + 1) * c, cfg.data.shuffle)
+                                for j in np.asarray(batch["id"]).tolist()])
     images, keep = gather(store, index, positions, cfg.data.stored_size, cfg.data.center_square)
     ids = index.row_ids[positions[keep]]
     gen = RowRandom(row_keys(cfg.train.seed, epoch, ids))
@@ -191,7 +225,7 @@ def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int,
         arrays = _from_blocks(store, index, positions)
     else:
         assert index.paths is not None and store.filesystem is not None
-        arrays = [_read(store.filesystem, index.paths[int(p)].as_py()) for p in positions]
+        arrays = [sources.read_file(store.filesystem, index.paths[int(p)].as_py()) for p in positions]
     if store.encoded or not store.blocks:
         names = [f"row {int(p)}" if index.paths is None else index.paths[int(p)].as_py() for p in positions]
         # The whole photo, not resized: the crops are drawn from it (workloads/decode.py).
@@ -252,11 +286,3 @@ def image_tensor(a: np.ndarray) -> torch.Tensor:
     array could be written to; the crops only read it (the warning is filtered for this module only,
     above). A copy here would cost a good part of decoding an ImageNet-sized JPEG."""
     return torch.from_numpy(a).permute(2, 0, 1)
-
-
-def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
-    try:
-        with fs.open_input_file(path) as f:
-            return bytes(f.read())
-    except OSError:
-        return None  # decode_or_none applies the bad-image policy to a missing or unreadable file

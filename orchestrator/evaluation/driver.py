@@ -44,7 +44,8 @@ def evaluate_checkpoint(path: str, sets: Sequence[str], tracking_uri: str | None
     with console.capture(log_path, verbose=not quiet), ray_session(ray_opts):
         if quiet:
             quiet_ray_data()
-        data = prepare(cfg.data, cfg.train.seed, train=False)
+        # the run's folder holds the checkpoint and the listings the run kept: its folders are not listed again
+        data = prepare(cfg.data, cfg.train.seed, train=False, listings=storage.parent(path))
         if not data.num_classes or data.eval_bank is None or data.eval_test is None:
             raise UserError(f"data.source {cfg.data.source!r} has no labelled held-out split to evaluate on; "
                             f"pick a labelled dataset with --set data.source=... (and data.holdout_fraction > 0)")

@@ -25,12 +25,12 @@ from torch import nn
 
 from orchestrator import console, tracking
 from orchestrator.data import catalog
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, node_object_store, prepare
 from orchestrator.data.stream import ROW_ID, EpochClock, first_views, train_stream
 from orchestrator.errors import UserError
 from orchestrator.interrupt import run_interruptibly
 from orchestrator.secrets import redact
-from orchestrator.storage import is_uri, patient_filesystem
+from orchestrator.storage import is_uri, join, patient_filesystem
 from orchestrator.tracking import record
 from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, DATA_PREPARED_BY_TAG
 from orchestrator.train import run, stopflag
@@ -62,13 +62,16 @@ class TrainOutcome:
 
 
 def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = "",
-          callbacks: Sequence[Any] = (), quiet: bool = False, prepared: PreparedData | None = None) -> TrainOutcome:
+          callbacks: Sequence[Any] = (), quiet: bool = False, prepared: PreparedData | None = None,
+          listings: str = "") -> TrainOutcome:
     """Run (or resume) one training and return where its results are.
 
     ``callbacks`` go to the TorchTrainer's RunConfig (``simclr tune`` passes Tune's TuneReportCallback).
     ``quiet`` (``simclr train`` without --verbose): Ray's own output goes to the run's log file and the
     terminal shows only our header, one line per epoch and the result (orchestrator/console.py).
     ``prepared``: ``cfg.data`` already read and decoded (a sweep's trials share it), else prepared here.
+    ``listings``: where the listings of the folders the data is read from are kept as manifests ("": the
+    run's own folder, ``train.storage_path/<name>``; a sweep's trials keep the sweep's).
     """
     catalog.check_paths(cfg.data)
     cfg = run.settle(cfg)
@@ -83,7 +86,7 @@ def train(cfg: Config, ray_opts: RayOptions | None = None, parent_run_id: str = 
             quiet_ray_data()
         resources = ray.cluster_resources()
         cpw = cpus_per_worker(cfg.train, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-        data, prepare_seconds = _prepare(cfg, prepared, resources)
+        data, prepare_seconds = _prepare(cfg, prepared, listings or join(cfg.train.storage_path, cfg.train.name))
         steps = (data.num_train // cfg.train.workers) // cfg.train.worker_batch_size
         if steps < 1:
             raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {data.num_train} training "
@@ -113,10 +116,10 @@ def header(cfg: Config, run_id: str, num_train: int, num_classes: int, steps: in
             + (f"\n  Ray's output: {log}" if log else ""))
 
 
-def _prepare(cfg: Config, prepared: PreparedData | None, resources: dict[str, float]) -> tuple[PreparedData, float]:
+def _prepare(cfg: Config, prepared: PreparedData | None, listings: str) -> tuple[PreparedData, float]:
     """``cfg.data`` read and decoded (or as a sweep prepared it), and the seconds it took here."""
     start = time.perf_counter()
-    data = prepared or prepare(cfg.data, cfg.train.seed, resources.get("object_store_memory"))
+    data = prepared or prepare(cfg.data, cfg.train.seed, node_object_store(), listings=listings)
     return data, time.perf_counter() - start
 
 

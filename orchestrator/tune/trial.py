@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, node_object_store, prepare
 from orchestrator.train.driver import train
 from orchestrator.train.session import quiet_ray_data
 from orchestrator.tune.resources import TRIAL_CPU
@@ -48,14 +47,15 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
     if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
         quiet_ray_data()
-    train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()], prepared=spec.get("data"))
+    train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()], prepared=spec.get("data"),
+          listings=spec.get("listings", ""))
 
 
 def make_trainable(spec: SweepSpec, quiet: bool = False, data: PreparedData | None = None) -> Any:
     """The same trainable for a new sweep and for ``Tuner.restore`` (its name must match). ``data``: the
     sweep's prepared dataset, which every trial then trains on instead of reading the source again."""
     payload = {"name": spec.name, "base": spec.base, "parent_run_id": spec.parent_run_id,
-               "trials_storage": spec.trials_storage, "quiet": quiet, "data": data}
+               "trials_storage": spec.trials_storage, "quiet": quiet, "data": data, "listings": spec.path}
     return tune.with_resources(tune.with_parameters(simclr_trial, spec=payload), {"cpu": TRIAL_CPU})
 
 
@@ -77,7 +77,8 @@ def shared_data(spec: SweepSpec, client: Any, quiet: bool = False) -> PreparedDa
         quiet_ray_data()
     base = Config.from_saved(spec.base)
     start = time.perf_counter()
-    data = prepare(base.data, base.train.seed, ray.cluster_resources().get("object_store_memory"))
+    data = prepare(base.data, base.train.seed, node_object_store(),
+                   listings=spec.path)  # the sweep's folder keeps the listings: a resumed sweep lists nothing
     client.log_metric(spec.parent_run_id, "prepare_seconds", time.perf_counter() - start)
     return data
 

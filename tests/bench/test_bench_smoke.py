@@ -184,3 +184,28 @@ def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict
         assert b["ddp_grad_allreduce"] == pytest.approx(2 * (r["gpus"] - 1) / r["gpus"] * 4 * r["model"]["params"])
         assert b["ntxent_total"] == pytest.approx(b["ntxent_forward"] + b["ntxent_backward"])
         assert r["ratio_ntxent_over_ddp_grads"] == pytest.approx(b["ntxent_total"] / b["ddp_grad_allreduce"])
+
+
+@pytest.mark.slow
+def test_scale_reports_the_fixed_costs_at_each_size(tmp_path: Path) -> None:
+    """bench/scale.py --quick: two small N, each in its own process with a local Ray (so not with the
+    Ray-free scripts above)."""
+    out = _result("scale", _start("scale", tmp_path))
+    _check_header(out, "scale")
+    assert [r["n"] for r in out["rows"]] == out["settings"]["sizes"]
+    for row in out["rows"]:
+        for key in ("read_manifest_s", "build_store_s", "prepare_udf_bytes", "task_fn_bytes", "task_fetch_bytes",
+                    "index_store_bytes", "first_task_ms", "next_task_ms", "epoch_order_ms", "eval_samples_ms"):
+            assert _positive(row[key]), (key, row)
+
+
+@pytest.mark.slow
+def test_listing_reports_listing_and_manifest_times_locally_and_on_the_s3_endpoint(tmp_path: Path) -> None:
+    """bench/listing.py --quick: starts its own moto server (so not with the Ray-free scripts above)."""
+    out = _result("listing", _start("listing", tmp_path))
+    _check_header(out, "listing")
+    local, s3 = out["results"]["local"], out["results"]["s3"]
+    assert local["files"] == out["settings"]["files"] and s3["files"] == out["settings"]["keys"]
+    assert s3["requests"] == math.ceil(s3["files"] / 1000)
+    for side in (local, s3):
+        assert _positive(side["list_s"]) and _positive(side["manifest_read_s"])

@@ -2,12 +2,12 @@
 train worker on the way: the job resumes from the last checkpoint and finishes.
 
 A node loss restarting training from epoch 1 (a complaint Ray's tracker has seen) checked end to end, on
-the parts a cluster has: the photos and the checkpoints in a bucket, the run on the team's MLflow server
-(PostgreSQL). A 2-worker run with one worker on each node; once epoch 1 is checkpointed in the bucket the
-worker node is SIGKILLed (raylet, object store, workers: what a spot reclaim does) and a replacement node
-joins (what the autoscaler does). Under the default settings (train.max_failures is not set), Ray Train
-restarts the workers from the bucket's last checkpoint; MLflow must show every epoch exactly once and the
-restart on the run.
+the parts a cluster has: the photos, their manifest (data.source=manifest) and the checkpoints in a
+bucket, the run on the team's MLflow server (PostgreSQL). A 2-worker run with one worker on each node;
+once epoch 1 is checkpointed in the bucket the worker node is SIGKILLed (raylet, object store, workers:
+what a spot reclaim does) and a replacement node joins (what the autoscaler does). Under the default
+settings (train.max_failures is not set), Ray Train restarts the workers from the bucket's last
+checkpoint; MLflow must show every epoch exactly once and the restart on the run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
         tracking_server: TrackingServer) -> None:
     uri = tracking_server.uri
     bucket = s3.bucket()
-    photos = s3.upload(image_folder(tmp_path / "photos", 4, 64), f"{bucket}/photos/")  # 256 JPEGs under a prefix
+    photos = s3.upload(image_folder(tmp_path / "photos", 4, 64), f"{bucket}/photos")  # 256 JPEGs under a prefix
+    # ... named by a manifest in the bucket (data.source=manifest): paths relative to data.root, no labels
+    names = sorted(str(p.relative_to(tmp_path / "photos")) for p in (tmp_path / "photos").rglob("*.jpg"))
+    (tmp_path / "photos.csv").write_text("path\n" + "".join(f"{n}\n" for n in names))
+    manifest_uri = s3.upload(tmp_path / "photos.csv", f"{bucket}/photos.csv")
     storage = f"{bucket}/runs"
     auth = ["--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)]
     # 2-CPU workers on 3-CPU nodes: exactly one worker per node, a CPU per node left for Ray Data. The
@@ -40,7 +44,8 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     # no storage credentials: the nodes have theirs.
     with open(tmp_path / "submit.stdout", "w") as out, open(tmp_path / "submit.stderr", "w") as err:
         submit = subprocess.Popen(
-            [SIMCLR, "submit", "train", *TINY, "--set", "data.source=images", "--set", f"data.uri={photos}",
+            [SIMCLR, "submit", "train", *TINY, "--set", "data.source=manifest",
+             "--set", f"data.manifest={manifest_uri}", "--set", f"data.root={photos}",
              "--set", "data.decode_size=20", "--epochs", str(EPOCHS),
              "--workers", "2", "--name", "node-loss", "--set", "train.cpus_per_worker=2",
              "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth],
@@ -105,9 +110,10 @@ def test_submit_follows_the_job_through_a_node_loss_resumes_from_checkpoint_and_
     assert all(re.fullmatch(r"[0-9.]+-[0-9a-f]{8}", n) for n in nodes), nodes
     for node in nodes:
         assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
-    # where things are: the data's bucket prefix as the dataset's source, the last checkpoint's URI as a tag
+    # where things are: the data's manifest as the dataset's source, the last checkpoint's URI as a tag
     (used,) = run.inputs.dataset_inputs
-    assert json.loads(used.dataset.source) == {"uri": photos}
+    assert json.loads(used.dataset.source) == {"uri": manifest_uri}
+    assert run.data.params["dataset.num_train"] == str(len(names))  # every photo the manifest names
     last = f"{storage}/node-loss/checkpoint_epoch_{EPOCHS:05d}"
     assert run.data.tags["simclr.checkpoint"] == last
     assert f"checkpoint_epoch_{EPOCHS:05d}/state.pt" in s3.files(f"{storage}/node-loss")

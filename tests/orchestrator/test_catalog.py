@@ -26,8 +26,10 @@ def test_the_table_names_the_sources_the_config_accepts() -> None:
 @pytest.mark.parametrize("name", DATA_SOURCES)
 def test_the_paths_a_source_needs_are_the_ones_the_config_requires(name: str) -> None:
     needed = {need.field for need in catalog.SOURCES[name].paths}
-    for field in ("root", "uri"):
-        filled = {f: "somewhere" for f in ("root", "uri") if f != field}
+    for field in ("root", "uri", "manifest"):
+        # data.manifest is refused by the other sources (test_manifest.py): filled in for its own only
+        filled = {f: "somewhere" for f in ("root", "uri", "manifest")
+                  if f != field and (f != "manifest" or name == "manifest")}
         if field in needed:
             with pytest.raises(ConfigError, match=rf"^data\.{field} must be set"):
                 DataConfig(source=name, **filled)
@@ -41,6 +43,8 @@ def test_the_paths_a_source_needs_are_the_ones_the_config_requires(name: str) ->
     ("imagefolder", "root", "data.root: no such folder '{p}'; an ImageFolder tree is root/<class>/<image>"),
     ("parquet", "uri", "data.uri: '{p}' does not exist; give a file, a folder or an s3:// / gs:// URI"),
     ("images", "uri", "data.uri: '{p}' does not exist;"),
+    ("manifest", "manifest", "data.manifest: no such file '{p}'; give a CSV (.csv) or Parquet file with a 'path' "
+                             "column"),
 ])
 def test_a_missing_local_path_is_one_line_naming_the_field(tmp_path: Path, name: str, field: str,
                                                             expected: str) -> None:
@@ -90,6 +94,8 @@ def test_a_missing_eval_root_is_named(tmp_path: Path) -> None:
     ({"source": "parquet", "uri": "u"}, True),
     ({"source": "parquet", "uri": "u", "label_column": ""}, False),
     ({"source": "images", "uri": "u"}, False),
+    ({"source": "manifest", "manifest": "m.csv"}, True),
+    ({"source": "manifest", "manifest": "m.csv", "holdout_fraction": 0.0}, False),
 ])
 def test_whether_runs_evaluate_on_held_out_labels(settings: dict[str, object], evaluates: bool) -> None:
     assert catalog.evaluates_on_labels(DataConfig(**settings)) is evaluates  # type: ignore[arg-type]
@@ -97,7 +103,7 @@ def test_whether_runs_evaluate_on_held_out_labels(settings: dict[str, object], e
 
 def test_the_split_holds_out_a_stratified_fraction_and_keeps_row_ids() -> None:
     cfg = DataConfig(source="synthetic", num_samples=64, num_classes=4, image_size=8, holdout_fraction=0.25)
-    rows = catalog.source("synthetic").load(cfg, 3)
+    rows = catalog.source("synthetic").load(cfg, 3, "")
     assert rows.images is not None and rows.images.shape == (64, 8, 8, 3) and rows.num_classes == 4
     train, test = split(rows, cfg, np.random.default_rng(3))
     assert test is not None
@@ -109,6 +115,6 @@ def test_the_split_holds_out_a_stratified_fraction_and_keeps_row_ids() -> None:
 
 def test_nothing_is_held_out_without_labels_or_a_fraction() -> None:
     cfg = DataConfig(source="digits", image_size=8, holdout_fraction=0.0)
-    rows = catalog.source("digits").load(cfg, 0)
+    rows = catalog.source("digits").load(cfg, 0, "")
     train, test = split(rows, cfg, np.random.default_rng(0))
     assert test is None and train is rows

@@ -15,15 +15,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.cloudpickle
 import ray.data
 from PIL import Image
 
 from orchestrator.data import sources
 from orchestrator.data.evalsets import balanced_order, stratified_holdout
-from orchestrator.data.prepare import PreparedData, prepare
+from orchestrator.data.prepare import PreparedData, _fits, node_object_store, prepare
+from orchestrator.data.rows import FILE_ROWS_PER_BLOCK, ROW_ID, Rows
 from orchestrator.data.stream import RowStore
 from orchestrator.errors import BadImageError, UserError
 from workloads.config import DataConfig
@@ -379,3 +382,54 @@ def test_stratified_holdout_takes_the_fraction_of_each_class() -> None:
     labels = np.repeat(np.arange(3), [100, 20, 50])
     held = stratified_holdout(labels, 0.2, np.random.default_rng(1))
     assert np.bincount(labels[held], minlength=3).tolist() == [20, 4, 10]
+
+
+# --- what each read task of the decode-once preparation receives (no Ray) ---------------------------------
+
+
+def test_the_read_tasks_of_image_files_carry_their_own_rows_and_no_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map function that reads the files pickles to the same bytes at 10 and 10,000 files: each block
+    carries its own rows' paths, ids and labels, and a task reads just those (a missing file: no bytes)."""
+    captured: dict[str, Any] = {}
+
+    class Blocks:
+        def __init__(self, blocks: list[pa.Table]) -> None:
+            captured["blocks"] = blocks
+
+        def map_batches(self, fn: Any, **kwargs: Any) -> Blocks:
+            captured["fn"] = fn
+            return self
+
+    monkeypatch.setattr(ray.data, "from_arrow", Blocks)
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    sizes = {}
+    for n in (10, 10_000):
+        paths = tuple(str(tmp_path / f"{i:07d}.jpg") for i in range(n))
+        Rows(np.arange(n) % 3, np.arange(n) * 2, 3, "w", paths=paths, filesystem=pafs.LocalFileSystem()).dataset()
+        blocks = captured["blocks"]
+        assert max(b.num_rows for b in blocks) <= FILE_ROWS_PER_BLOCK and sum(b.num_rows for b in blocks) == n
+        assert blocks[-1].column(ROW_ID).to_pylist()[-1] == 2 * (n - 1)
+        sizes[n] = len(ray.cloudpickle.dumps(captured["fn"]))
+    assert sizes[10_000] == sizes[10]
+    read = captured["fn"]({"path": np.asarray([str(tmp_path / "a.jpg"), str(tmp_path / "gone.jpg")]),
+                           ROW_ID: np.asarray([4, 6]), "label": np.asarray([1, 0])})
+    assert read["bytes"].tolist() == [b"jpeg", None] and read[ROW_ID].tolist() == [4, 6]
+
+
+def test_the_decoded_cache_is_budgeted_by_the_smallest_node_that_runs_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an epoch every node holds the whole cache (docs/BENCHMARKS.md, section 10): it must fit in one
+    node's object store, not in the cluster's sum."""
+    mb = 2.0**20
+    nodes = [{"Alive": True, "Resources": {"CPU": 3.0, "object_store_memory": 300 * mb}},
+             {"Alive": True, "Resources": {"CPU": 3.0, "object_store_memory": 200 * mb}},
+             {"Alive": False, "Resources": {"CPU": 3.0, "object_store_memory": 50 * mb}},  # lost
+             {"Alive": True, "Resources": {"object_store_memory": 10 * mb}}]  # a head that runs no tasks
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    budget = node_object_store()
+    assert budget == 200 * mb
+    cfg = DataConfig(source="imagefolder", root="r", decode_size=64, center_square=True)
+    rows_that_fit = int(0.5 * budget / (64 * 64 * 3))
+    assert _fits(cfg, rows_that_fit - 1, budget) and not _fits(cfg, rows_that_fit + 1, budget)
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    assert node_object_store() is None

@@ -22,7 +22,17 @@ from PIL import Image
 
 from orchestrator.data import sources
 from orchestrator.data.prepare import prepare
-from orchestrator.data.stream import ROW_ID, EpochClock, RowStore, first_views, train_stream
+from orchestrator.data.stream import (
+    ROW_ID,
+    EpochClock,
+    RowStore,
+    StoreIndex,
+    chunk_positions,
+    epoch_order,
+    first_views,
+    shuffled,
+    train_stream,
+)
 from workloads.augment.views import finish_views
 from workloads.config import Config
 
@@ -145,15 +155,21 @@ def test_the_views_picture_shows_the_rows_and_views_the_stream_gives_first(small
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
-def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(small_folder: Path) -> None:
+def test_a_resumed_run_streams_the_same_epoch_2_as_an_uninterrupted_run(
+        small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and the resumed driver reads the listing the run kept in its folder instead of listing again."""
+    listed: list[str] = []
+    real = sources.list_image_folder
+    monkeypatch.setattr(sources, "list_image_folder", lambda *a, **k: listed.append("list") or real(*a, **k))
     cfg = config(source="imagefolder", root=str(small_folder), seed=3)
-    data = prepare(cfg.data, seed=3)
-    assert data.train is not None
+    run = str(tmp_path / "runs" / "r")
+    data = prepare(cfg.data, seed=3, listings=run)
+    assert data.train is not None and listed == ["list"]
     clock = EpochClock.remote()  # type: ignore[attr-defined]
     epoch_batches(cfg, data.train, 1, clock)
     uninterrupted = epoch_batches(cfg, data.train, 2, clock)  # the same pipeline, its second epoch
-    resumed_data = prepare(cfg.data, seed=3)  # stopped after epoch 1; the new driver starts at epoch 2
-    assert resumed_data.train is not None
+    resumed_data = prepare(cfg.data, seed=3, listings=run)  # stopped after epoch 1; the new driver starts at epoch 2
+    assert resumed_data.train is not None and listed == ["list"]  # not listed again
     resumed = epoch_batches(cfg, resumed_data.train, 2)
     assert len(resumed) == len(uninterrupted)
     for a, b in zip(uninterrupted, resumed, strict=True):
@@ -308,3 +324,32 @@ def test_tensor_rows_are_the_rows_asked_for_as_views_of_the_block_across_chunks(
         assert np.array_equal(got, images[r])
         k, j = (0, r) if r < 4 else (1, r - 4)
         assert np.shares_memory(got, column.chunk(k).to_numpy()[j])  # a view, not a copy
+
+
+# --- each task's own chunk of the epoch's order (no Ray) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097])
+def test_an_epochs_order_is_a_permutation_and_any_chunk_of_it_is_computed_alone(n: int) -> None:
+    full = shuffled(np.arange(n), n, seed=3, epoch=2)
+    assert np.array_equal(np.sort(full), np.arange(n))
+    start, stop = n // 3, n // 3 + 5
+    assert np.array_equal(shuffled(np.arange(start, min(stop, n)), n, 3, 2), full[start:stop])
+    index = StoreIndex(np.arange(10, 10 + n), np.zeros(1, np.int64), np.arange(n)[::-1].copy(), None)
+    order = epoch_order(index, 3, 2)
+    assert np.array_equal(order, index.canonical[full])
+    assert np.array_equal(chunk_positions(index, 3, 2, start, stop), order[start:stop])
+    assert np.array_equal(chunk_positions(index, 3, 2, start, stop, shuffle=False), index.canonical[start:stop])
+
+
+def test_epochs_and_seeds_draw_other_orders_whose_chunks_mix_a_class_sorted_source() -> None:
+    n = 10_000
+    orders = [shuffled(np.arange(n), n, seed, epoch) for seed, epoch in ((0, 1), (0, 2), (1, 1))]
+    for a in orders:
+        for b in orders:
+            assert a is b or (a != b).mean() > 0.99
+    labels = np.arange(n) // 100  # 100 classes of 100, in class order
+    for order in orders:
+        per_chunk = [np.bincount(labels[order[i:i + 256]], minlength=100) for i in range(0, n - 255, 256)]
+        assert max(c.max() for c in per_chunk) <= 12  # ~2.6 of each class per chunk expected, none piled up
+        assert abs(np.corrcoef(np.arange(n), order)[0, 1]) < 0.05

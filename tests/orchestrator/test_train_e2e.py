@@ -19,6 +19,7 @@ from services import S3, TrackingServer
 from simclr_testing import RAY, tiny_sets
 
 from orchestrator import cli
+from orchestrator.data import sources
 from orchestrator.evaluation.driver import evaluate_checkpoint
 from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG
 from orchestrator.train.checkpoint import read_checkpoint
@@ -168,6 +169,15 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     assert all(secret not in v for v in [*params.values(), *tags.values(), used.dataset.source])
     assert secret not in Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
 
+    # the run kept its listings of both trees, as manifests in its folder in the bucket; `simclr eval` of its
+    # checkpoint (a new driver of the same run, as a resumed run's is) lists neither again
+    kept = s3.files(f"{bucket}/runs/e2e/manifests")
+    assert sorted(f.split("-")[0] for f in kept) == ["data.eval_root", "data.root"], kept
+
+    def no_listing(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"listed again: {args}")
+
+    monkeypatch.setattr(sources, "list_image_folder", no_listing)
     capfd.readouterr()
     result = evaluate_checkpoint(out["checkpoint"], ["eval.linear_probe_epochs=5"], None, RAY, quiet=True)
     assert result["run_id"] == out["run_id"] and result["epoch"] == 2
