@@ -4,7 +4,6 @@ tests/workloads/test_joint_embedding_ddp.py."""
 
 from __future__ import annotations
 
-import io
 from contextlib import nullcontext
 from typing import Any
 
@@ -192,33 +191,6 @@ def test_config_defaults_are_the_papers_and_bad_values_name_the_field() -> None:
             _cfg(**{f"vicreg.{field}": -1.0})
     with pytest.raises(ConfigError, match="model.arch must be a ResNet for method 'vicreg'"):
         _cfg(**{"model.arch": "vit"})
-
-
-def test_checkpoint_round_trip_continues_identically() -> None:
-    cfg = _cfg()
-    model = _build(cfg)
-    optimizer = _optimizer(model, cfg)
-    for step in (1, 2):
-        loss = VICReg().loss(_net(model), _batch(8, seed=step), cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer)
-    fresh = _build(cfg, seed=123)
-    assert not torch.equal(fresh.projector[0].weight, model.projector[0].weight)
-    fresh.load_state_dict(saved["model"])
-    fresh_optimizer = _optimizer(fresh, cfg)
-    fresh_optimizer.load_state_dict(saved["optimizer"])
-    for m, o in ((model, optimizer), (fresh, fresh_optimizer)):  # the same third step from either
-        loss = VICReg().loss(_net(m), _batch(8, seed=3), cfg)
-        o.zero_grad(set_to_none=True)
-        loss.backward()
-        o.step()
-    for name, value in model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[name], value), name
 
 
 def test_vicreg_is_registered() -> None:
