@@ -29,6 +29,7 @@ from typing import Any
 from cluster.services import VENV_BIN, free_port
 
 START_ATTEMPTS = 3
+JOIN_TIMEOUT_S = 120  # per attempt; a node joins in seconds, in about a minute on a loaded 2-core machine
 
 
 def descendant_pids(root: int) -> list[int]:
@@ -164,7 +165,9 @@ class LocalCluster:
 
     def _start(self, head: bool, num_cpus: int, resources: dict[str, float] | None, object_store_mb: int) -> Node:
         """Start a node and wait until it is ALIVE in the cluster. Retried: `ray start` gives its raylet
-        30 s to register with the GCS (fixed in Ray 2.60), too little on a loaded machine."""
+        30 s to register with the GCS (fixed in Ray 2.60), too little on a loaded machine; and a worker
+        node that keeps failing to reach the GCS without exiting is killed after JOIN_TIMEOUT_S and
+        started again."""
         index = len(self.nodes)
         for attempt in range(START_ATTEMPTS):
             if head:
@@ -176,8 +179,9 @@ class LocalCluster:
                 args = ["--address", self.gcs_address]
             node = self._launch(index, attempt, args, num_cpus, resources, object_store_mb)
             try:
-                self._wait(lambda n=node: self.node_id(n) is not None, 240, f"node_tag_{index} to join", node)
-            except RuntimeError:  # `ray start` gave up
+                self._wait(lambda n=node: self.node_id(n) is not None, JOIN_TIMEOUT_S, f"node_tag_{index} to join",
+                           node)
+            except (RuntimeError, TimeoutError):  # `ray start` gave up, or never got in
                 node.kill()
                 if attempt == START_ATTEMPTS - 1:
                     raise
