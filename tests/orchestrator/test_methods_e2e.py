@@ -44,9 +44,8 @@ TRAIN_EPOCHS = {"moco": 5, "mae": 2, "swav": 4, "byol": 8, "vae": 15, "barlowtwi
 COMMON_SETS = ["eval.linear_probe_epochs=10"]
 
 
-def _train(name: str, tmp: Path) -> dict[str, Any]:
+def _train(name: str, tmp: Path, uri: str) -> dict[str, Any]:
     """``simclr train --method NAME --recipe digits --workers 2 --json``, run as the CLI runs it, here."""
-    uri = f"sqlite:///{tmp}/mlflow.db"
     sets = [arg for s in [*TRAIN_SETS[name], *COMMON_SETS] for arg in ("--set", s)]
     args = ["train", "--method", name, "--recipe", "digits", *sets, "--epochs", str(TRAIN_EPOCHS[name]),
             "--workers", "2", "--name", f"e2e-{name}", "--tracking-uri", uri,
@@ -70,10 +69,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str]
     asks for it, so a run of some of the tests (``-k``) trains only theirs.
     """
     results: dict[str, dict[str, Any]] = {}
+    # one tracking store for all the runs, as a team's: each run is found by its id
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
     def train(name: str) -> dict[str, Any]:
         if name not in results:
-            results[name] = _train(name, tmp_path_factory.mktemp(f"train_{name}"))
+            results[name] = _train(name, tmp_path_factory.mktemp(f"train_{name}"), uri)
         return results[name]
 
     with pytest.MonkeyPatch.context() as env:

@@ -1,15 +1,12 @@
-"""``simclr tune``: search-space parsing, resource planning, and a real sweep on a small local Ray."""
+"""``simclr tune``: search-space parsing, resource planning, trial lines, child runs and the sweep's outcome.
+The real sweep (ASHA, a failing trial, the console) runs on the session's cluster, in
+tests/cluster/test_submit_stop_and_sweep.py."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import pickle
-import re
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +18,7 @@ from ray.tune.schedulers import TrialScheduler
 from orchestrator import cli, tune
 from orchestrator.cli.tune import resolve_with_search
 from orchestrator.errors import NonFiniteLossError, UserError
+from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
 from orchestrator.tune.trial import shares_data
 from workloads.augment.views import AugConfig
@@ -156,6 +154,18 @@ def test_max_concurrent_shares_the_cpus_not_kept_for_data() -> None:
     assert plan.max_concurrent * plan.cpus_per_trial <= 16 - 4 + 1e-9 and plan.cpus_per_worker >= 1
 
 
+def test_a_derived_share_leaves_a_cpu_for_ray_data_on_the_node_of_each_worker() -> None:
+    """Two trials on two 3-CPU nodes: half of the 4.5 CPUs not kept for data would be 2.15 per worker, which
+    leaves 0.75 on each node, less than the one CPU a Ray Data task asks for."""
+    plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=6, gpus=0, max_concurrent=2,
+                               largest_node_cpus=3)
+    assert plan.max_concurrent == 2 and plan.cpus_per_worker == 1.9
+    assert 3 - TRIAL_CPU - plan.cpus_per_worker >= 1 - 1e-9
+    plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=64, gpus=0, max_concurrent=2,
+                               largest_node_cpus=32)
+    assert plan.cpus_per_worker == 23.9  # large nodes: the share as before
+
+
 @pytest.mark.parametrize(("train", "cpus", "gpus", "max_concurrent", "message"), [
     (TrainConfig(workers=1, batch_size=32), 2, 0, 6, "leave"),  # 6 trials on the 1 free CPU
     (TrainConfig(workers=1, batch_size=32, cpus_per_worker=2), 2, 0, 0, "need"),
@@ -216,7 +226,6 @@ def test_child_runs_are_ended_as_their_trials_ended_and_a_stopped_trial_is_never
     stopped is FINISHED, and one the sweep's interruption stopped is KILLED, even when the training
     inside saw the trial's placement group go and ended its run FAILED first (seen in the suite, for
     both: "Destroying worker since its placement group was removed")."""
-    from mlflow.tracking import MlflowClient
 
     from orchestrator.tune.report import SweepOutcome, TrialSummary
     from orchestrator.tune.runs import fix_child_runs
@@ -312,146 +321,3 @@ def test_a_failed_trials_summary_reads_its_pickled_error_by_class() -> None:
     text_only = SimpleNamespace(get_pickled_error=lambda: None, get_error=lambda: "Failure # 1\nValueError: x\n")
     assert _trial_error(text_only) == "ValueError: x"
     assert _trial_error(SimpleNamespace(get_pickled_error=lambda: None, get_error=lambda: None)) == "trial failed"
-
-
-# --- a real sweep -------------------------------------------------------------------------------------------
-
-# 4 epochs of ~200 synthetic 16 px images, one worker per trial, two trials at a time on 2 CPUs.
-SWEEP_SETS = {
-    "data.source": "synthetic", "data.num_samples": 256, "data.image_size": 16, "data.augment_batch_size": 64,
-    "model.widths": [8, 16], "model.blocks": [1, 1], "model.proj_dim": 16, "train.batch_size": 32,
-    "train.workers": 1, "train.log_every_steps": 3, "eval.knn_k": 20, "eval.linear_probe_epochs": 0,
-    "optim.warmup_epochs": 0,
-}
-# Four temperatures in grid order (the trials start in this order, two at a time). The loss is the metric
-# here because it is nearly a function of the temperature: at tau=3 every logit is within +-1/3, so its
-# loss stays near log(63) = 4.14 while the low temperatures' falls, and ASHA's rung-1 comparison of the
-# tau=3 trial against the first two trials stops it whatever the noise (of those two, the second to
-# reach a rung may be stopped too). tau=1e-300 passes validation (> 0) but is 0 in float32: that
-# trial's first loss is NaN and it fails inside the trial.
-TEMPERATURES = (0.1, 0.15, 1e-300, 3.0)
-FAILING = 1e-300
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One 4-trial ASHA sweep: ``simclr tune ... --json`` in a subprocess, on its own local Ray of 2 CPUs
-    (stdout: the JSON outcome; stderr: exactly what a person sees)."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    args = ["tune", "--name", "sw", "--epochs", "4", "--tracking-uri", uri,
-            "--set", f"train.storage_path={tmp}/runs",
-            "--search", f"loss.temperature=grid({','.join(repr(t) for t in TEMPERATURES)})", "--num-samples", "1",
-            "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2", "--metric", "loss",
-            "--max-concurrent", "2", "--num-cpus", "2", "--object-store-mb", "300", "--json"]
-    for key, value in SWEEP_SETS.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.stdout.strip(), proc.stderr[-4000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("simclr")
-    assert exp is not None
-    runs = client.search_runs([exp.experiment_id])
-    yield {"code": proc.returncode, "out": json.loads(proc.stdout), "runs": runs, "client": client,
-           "stderr": proc.stderr, "logs": tmp / "runs" / "sw" / "logs"}
-
-
-@pytest.mark.slow
-def test_asha_sweep_has_one_parent_four_children_one_stopped_early_and_nothing_running(
-        sweep: dict[str, Any]) -> None:
-    out, runs = sweep["out"], sweep["runs"]
-    assert sweep["code"] == 0
-    parents = [r for r in runs if r.data.tags.get("simclr.kind") == "sweep"]
-    assert len(parents) == 1
-    parent = parents[0]
-    assert parent.info.run_id == out["parent_run_id"] and parent.info.run_name == "sw"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4
-    temps = sorted(float(r.data.params["loss.temperature"]) for r in children)
-    assert temps == sorted(TEMPERATURES)
-    # Run names come from trial ids; every run has ended.
-    assert {r.info.run_name for r in children} == {f"sw-{t['trial_id']}" for t in out["trials"]}
-    assert all(r.info.status != "RUNNING" for r in runs)
-    assert parent.info.status == "FINISHED"
-    stopped = [r for r in children if r.data.tags.get("simclr.stopped_early") == "true"]
-    assert len(stopped) >= 1
-    assert all(r.info.status == "FINISHED" for r in stopped)
-    assert 3.0 in {float(r.data.params["loss.temperature"]) for r in stopped}
-    by_status = {t["trial_id"]: t["status"] for t in out["trials"]}
-    assert sorted(by_status.values()).count("stopped_early") == len(stopped)
-    # The best trial is named on the parent, with its value and metric.
-    best = out["best"]
-    assert parent.data.tags["simclr.best_trial"] == best["run_name"]
-    assert parent.data.tags["best.loss.temperature"] == str(best["params"]["loss.temperature"])
-    assert parent.data.metrics["best_loss"] == pytest.approx(best["metric"])
-    assert best["params"]["loss.temperature"] in (0.1, 0.15)
-    assert parent.data.params["search.loss.temperature"].startswith("grid(")
-    assert parent.data.params["tune.scheduler"] == "asha"
-    client = sweep["client"]
-    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "results.md", "base_config.yaml"} <= top
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == [
-        "plots/loss_vs_loss.temperature.png"]
-    # The data was prepared once, by the sweep's driver, for all four trials.
-    assert "prepare_seconds" in parent.data.metrics
-    assert all(r.data.tags.get("simclr.data_prepared_by") == "sweep" for r in children)
-    assert out["train_command"].startswith("simclr train --config ")
-    assert f"--set loss.temperature={best['params']['loss.temperature']}" in out["train_command"]
-
-
-@pytest.mark.slow
-def test_trial_that_raises_is_failed_with_its_error_and_the_others_finish(sweep: dict[str, Any]) -> None:
-    out, runs = sweep["out"], sweep["runs"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
-    failed = [r for r in children if float(r.data.params["loss.temperature"]) == FAILING]
-    assert len(failed) == 1
-    assert failed[0].info.status == "FAILED"
-    assert "non-finite loss" in failed[0].data.tags["error"]
-    failing_trial = next(t for t in out["trials"] if t["params"]["loss.temperature"] == FAILING)
-    assert failing_trial["status"] == "failed" and "non-finite loss" in failing_trial["error"]
-    # The sweep went on: every other trial ended FINISHED, run to its last epoch or stopped by ASHA.
-    others = [r for r in children if r is not failed[0]]
-    assert len(others) == 3 and all(r.info.status == "FINISHED" for r in others)
-    assert all(r.data.tags.get("simclr.complete") == "true" or r.data.tags.get("simclr.stopped_early") == "true"
-               for r in others)
-    assert any(r.data.tags.get("simclr.complete") == "true" for r in others)
-    assert sorted(t["status"] for t in out["trials"] if t is not failing_trial) in (
-        ["completed", "stopped_early", "stopped_early"], ["completed", "completed", "stopped_early"])
-
-
-@pytest.mark.slow
-def test_sweep_console_has_a_header_and_a_line_per_trial_event_and_ray_output_goes_to_the_log(
-        sweep: dict[str, Any]) -> None:
-    out, err = sweep["out"], sweep["stderr"]
-    lines = err.splitlines()
-    assert len(lines) < 40, err
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("sweep sw: ")), len(lines))
-    assert all(" INFO mlflow." in ln for ln in lines[:start]), err  # MLflow may announce a new database
-    lines = lines[start:]
-    # the header: the sweep, its search space, the parent run, where Ray's output went
-    assert lines[0].startswith("sweep sw: 4 trial(s) of 4 epochs, random search, ASHA on loss"), err
-    assert lines[1] == "  search: loss.temperature=grid(0.1, 0.15, 1e-300, 3.0)"
-    assert lines[2].startswith(f"  MLflow parent run {out['parent_run_id']} at sqlite:")
-    (log,) = sweep["logs"].iterdir()
-    assert lines[3] == f"  Ray's output: {log}"
-    # then only trial lines: every event of every trial, and nothing of Ray's
-    events = lines[4:]
-    bad = [ln for ln in events if not re.match(r"trial sw-\S+ (started|epoch|finished|stopped by ASHA|failed)", ln)]
-    assert not bad, err
-    for trial in out["trials"]:
-        mine = [ln.split(" ", 2)[2] for ln in events if ln.split(" ", 2)[1] == trial["run_name"]]
-        assert mine[0].startswith("started: loss.temperature="), mine
-        epochs = [ln for ln in mine if ln.startswith("epoch ")]
-        end = {"completed": "finished epoch 4/4: loss ", "stopped_early": "stopped by ASHA after epoch ",
-               "failed": "failed: non-finite loss"}[trial["status"]]
-        assert mine[-1].startswith(end), mine
-        assert len(epochs) == int(trial["metrics"].get("epoch", 0)), mine
-        epoch_line = r"epoch \d/4: loss \d+\.\d{4}( knn_top1 \d\.\d{4})?  \(loss.temperature=\S+\)$"
-        assert all(re.match(epoch_line, ln) for ln in epochs), mine
-    # Ray's own output (Tune's status table, the trials' worker logs) is in the sweep's log file,
-    # which is also an artifact of the parent run
-    text = log.read_text()
-    assert "Trial status" in text and "epoch 1/4 done" in text and "trial sw-" in text
-    assert [a.path for a in sweep["client"].list_artifacts(out["parent_run_id"], "logs")] == [f"logs/{log.name}"]
