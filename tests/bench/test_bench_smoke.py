@@ -188,7 +188,7 @@ def test_scaling_counts_bytes_from_the_models_parameters(outputs: dict[str, dict
 
 @pytest.mark.slow
 def test_scale_reports_the_fixed_costs_at_each_size(tmp_path: Path) -> None:
-    """bench/scale.py --quick: two small N, each in its own process with a local Ray (so not with the
+    """bench/scale.py --quick: one small N, in its own process with a local Ray (so not with the
     Ray-free scripts above)."""
     out = _result("scale", _start("scale", tmp_path))
     _check_header(out, "scale")

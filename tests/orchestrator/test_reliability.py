@@ -413,7 +413,7 @@ def test_sigterm_to_a_sweep_exits_143_ends_every_run_and_stops_ray(tmp_path: Pat
     cmd = [sys.executable, "-m", "orchestrator.cli", "tune", *tiny_sets(), "--set", "train.workers=1",
            "--set", "eval.linear_probe_epochs=0", "--epochs", "30", "--name", "st", "--tracking-uri", uri,
            "--set", f"train.storage_path={tmp_path}/runs", "--search", "loss.temperature=grid(0.1,0.2)",
-           "--num-samples", "1", "--scheduler", "none", "--max-concurrent", "2",
+           "--num-samples", "1", "--scheduler", "none", "--max-concurrent", "1",
            "--num-cpus", "2", "--object-store-mb", "300"]
     run = Watched(cmd, tmp_path, clean_env())
     try:
