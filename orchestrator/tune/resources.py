@@ -78,11 +78,12 @@ def plan_resources(train_cfg: TrainConfig, cpus: float, gpus: float, max_concurr
         cpw = (budget / k - TRIAL_CPU) / w
         if train_cfg.use_gpu:
             cpw = min(cpw, 8.0)
-        if largest_node_cpus:
+        node_cap = largest_node_cpus - 1.0 - TRIAL_CPU
+        if largest_node_cpus and node_cap >= MIN_CPUS_PER_WORKER:
             # the data reserve is the cluster's, not each node's: a derived share may not take a node's last
-            # CPU, or on nodes of few CPUs (2 trials on two 3-CPU nodes: 2.15 each) no node keeps a whole
-            # CPU for Ray Data's tasks and every trial waits for its data forever
-            cpw = min(cpw, largest_node_cpus - 1.0 - TRIAL_CPU)
+            # CPU, or on nodes of few CPUs no node keeps a whole CPU for Ray Data's tasks and every trial
+            # waits for its data forever (a node of under 2 CPUs cannot keep one: the share stays as planned)
+            cpw = min(cpw, node_cap)
         if cpw < MIN_CPUS_PER_WORKER:
             raise UserError(
                 f"--max-concurrent {k}: {k} trial(s) x {w} worker(s) leave {max(cpw, 0):.2g} CPU per worker of the "

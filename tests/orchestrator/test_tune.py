@@ -164,6 +164,8 @@ def test_a_derived_share_leaves_a_cpu_for_ray_data_on_the_node_of_each_worker() 
     plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=64, gpus=0, max_concurrent=2,
                                largest_node_cpus=32)
     assert plan.cpus_per_worker == 23.9  # large nodes: the share as before
+    plan = tune.plan_resources(TrainConfig(workers=1, batch_size=32), cpus=1, gpus=0, largest_node_cpus=1)
+    assert plan.cpus_per_worker == 0.4  # one 1-CPU node cannot keep a CPU: the plan without the cap
 
 
 @pytest.mark.parametrize(("train", "cpus", "gpus", "max_concurrent", "message"), [
