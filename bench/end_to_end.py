@@ -48,12 +48,12 @@ from orchestrator.data import sources
 from orchestrator.data.rows import resize_square
 from orchestrator.train.model import build_model
 from workloads.augment.transform import reference_augment
-from workloads.augment.views import AugConfig
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.method import normalize
 from workloads.methods import recipe
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
+from workloads.sections import AugConfig
 from workloads.simclr.loss import nt_xent
 
 

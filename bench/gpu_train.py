@@ -29,11 +29,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # workloads/ without an install
 
-from workloads.augment.views import AugConfig
 from workloads.method import Net, normalize
 from workloads.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from workloads.probes import knn_accuracy
 from workloads.rng import RowRandom, row_keys
+from workloads.sections import AugConfig
 from workloads.simclr.method import SimCLR
 from workloads.simclr.recipes import digits
 

@@ -16,6 +16,7 @@ method's section and bad values with an error that names the dotted field and th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -233,9 +234,20 @@ class TrackingConfig:
     section: ClassVar[str] = "tracking"
     uri: str = ""
     experiment: str = "simclr"
+    # the finished run's encoder (a sweep's: its best trial's) as a new version of this registered model in
+    # MLflow's Model Registry, with register_alias pointing at it ("": not registered)
+    register: str = ""
+    register_alias: str = "candidate"
 
     def __post_init__(self) -> None:
-        check(bool(self.experiment), self.section, "experiment", "a non-empty name", self.experiment)
+        s = self.section
+        check(bool(self.experiment), s, "experiment", "a non-empty name", self.experiment)
+        check("/" not in self.register and ":" not in self.register, s, "register",
+              "a registered model's name, without '/' or ':'", self.register)
+        # MLflow's rule for aliases; "latest" and v<number> are its own names for versions
+        check(bool(re.fullmatch(r"[A-Za-z0-9_-]+", self.register_alias)) and self.register_alias.lower() != "latest"
+              and not re.fullmatch(r"[vV]\d+", self.register_alias), s, "register_alias",
+              "letters, digits, '_' or '-', not 'latest' nor v<number>", self.register_alias)
 
 
 # the sections every method reads; a method's own come from its Method.sections (workloads/methods.py lists them)

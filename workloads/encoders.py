@@ -4,22 +4,19 @@ for tests and the digits recipes.
 Every encoder maps images (N, 3, H, W) to features (N, F); the classifier (`fc`) is removed because
 SimCLR evaluates the backbone's pooled features (Chen et al. 2020, §2.1 and appendix B.9).
 ``feature_map`` is an encoder's forward without the pooling, for decoders that need the map.
+
+torchvision is imported where one of its ResNets is built, not at the top: every process that imports
+the methods without building one (the stream's tasks, the train workers of the digits recipes, the
+driver) starts without it, and its import (which pulls in torch._dynamo) is over a second of CPU each.
 """
 
-from collections.abc import Callable
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
-from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
-ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "small_resnet")
-
-_TORCHVISION_RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
-    "resnet18": resnet.resnet18,
-    "resnet34": resnet.resnet34,
-    "resnet50": resnet.resnet50,
-}
+TORCHVISION_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+ARCHS: tuple[str, ...] = (*TORCHVISION_ARCHS, "small_resnet")
 
 
 def _init_conv_bn(module: nn.Module) -> None:
@@ -32,8 +29,33 @@ def _init_conv_bn(module: nn.Module) -> None:
             nn.init.constant_(m.bias, 0)
 
 
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al. 2016, Fig. 2 left): conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then
+    ReLU. torchvision's ``BasicBlock`` computes the same with the same parameter names (conv1, bn1, conv2,
+    bn2, downsample), so the small ResNet's checkpoints and tests hold across the two."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)  # N x out_ch x H/stride x W/stride
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
 class SmallResNet(nn.Module):
-    """A few-stage ResNet of torchvision BasicBlocks, small enough to train in tests on a CPU.
+    """A few-stage ResNet of basic blocks, small enough to train in tests on a CPU.
 
     Stem conv3x3(3 → widths[0]) + BN + ReLU at stride 1 (the CIFAR stem), then one stage per entry of
     `widths`: stage i has `blocks[i]` BasicBlocks, stride 1 for the first stage and 2 after.
@@ -81,14 +103,17 @@ def _make_stage(in_ch: int, out_ch: int, n_blocks: int, stride: int) -> nn.Seque
     """`n_blocks` BasicBlocks; the first changes stride/channels, with a 1x1 conv+BN shortcut if needed."""
     downsample = None
     if stride != 1 or in_ch != out_ch:
-        downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+        downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out_ch))
     layers: list[nn.Module] = [BasicBlock(in_ch, out_ch, stride=stride, downsample=downsample)]
     layers += [BasicBlock(out_ch, out_ch) for _ in range(n_blocks - 1)]
     return nn.Sequential(*layers)
 
 
 def _torchvision_resnet(arch: str, cifar_stem: bool) -> tuple[nn.Module, int]:
-    net = _TORCHVISION_RESNETS[arch](weights=None)
+    from torchvision.models import resnet  # here, not at the top (the module's docstring)
+
+    net = getattr(resnet, arch)(weights=None)
     num_features = net.fc.in_features
     net.fc = nn.Identity()
     if cifar_stem:
@@ -115,7 +140,7 @@ def build_encoder(
     if arch == "small_resnet":
         net = SmallResNet(widths=tuple(widths), blocks=tuple(blocks))
         return net, net.num_features
-    if arch in _TORCHVISION_RESNETS:
+    if arch in TORCHVISION_ARCHS:
         return _torchvision_resnet(arch, cifar_stem)
     raise ValueError(f"Unknown arch {arch!r}; choose one of {', '.join(ARCHS)}.")
 
@@ -124,6 +149,8 @@ def feature_map(encoder: nn.Module, x: Tensor) -> Tensor:
     """A ResNet encoder's last feature map (N, F, h, w): its forward without the global pooling."""
     if isinstance(encoder, SmallResNet):
         return encoder.stages(encoder.stem(x))  # N x F x h x w
+    from torchvision.models import resnet  # imported already where one of its ResNets was built
+
     if isinstance(encoder, resnet.ResNet):
         x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
         return encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(x))))  # N x F x h x w

@@ -1,41 +1,19 @@
-"""Masked image modelling's shared parts, read by MAE and by inpainting: the ``mae`` config section (its
-``mask_ratio`` and ``norm_pix_loss``), the patch grid of the masks, and the masked reconstruction loss
-(He et al. 2021, §3 "Reconstruction target"). The masks themselves are workloads/masks.py.
+"""Masked image modelling's shared parts, read by MAE and by inpainting: the patch grid of the masks and the
+masked reconstruction loss (He et al. 2021, §3 "Reconstruction target"). The masks themselves are
+workloads/masks.py; the ``mae`` section (``mask_ratio``, ``norm_pix_loss``) is workloads/sections.py's.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from workloads.fields import ConfigError, check
+from workloads.fields import ConfigError
 
 if TYPE_CHECKING:
     from workloads.config import Config
-
-
-@dataclass
-class MAEConfig:
-    """Masked image modelling: MAE (He et al. 2021) on a ViT, and CNN inpainting (Pathak et al. 2016)."""
-
-    section: ClassVar[str] = "mae"
-    mask_ratio: float = 0.75  # mae: fraction of patches masked per image; inpaint: area of the masked block
-    norm_pix_loss: bool = False  # targets are per-patch normalised pixels (MAE §A.1)
-    decoder_dim: int = 64  # mae: decoder token width
-    decoder_depth: int = 2  # mae: decoder transformer blocks
-    decoder_heads: int = 4  # mae: decoder attention heads
-
-    def __post_init__(self) -> None:
-        s = self.section
-        check(0.0 < self.mask_ratio < 1.0, s, "mask_ratio", "in (0, 1)", self.mask_ratio)
-        check(self.decoder_depth >= 1, s, "decoder_depth", ">= 1", self.decoder_depth)
-        check(self.decoder_heads >= 1, s, "decoder_heads", ">= 1", self.decoder_heads)
-        check(self.decoder_dim >= 4 and self.decoder_dim % math.lcm(4, self.decoder_heads) == 0, s, "decoder_dim",
-              f"a positive multiple of 4 and of mae.decoder_heads ({self.decoder_heads})", self.decoder_dim)
 
 
 def patch_grid(cfg: Config) -> int:

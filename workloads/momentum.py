@@ -8,12 +8,9 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import nn
-
-Schedule = Literal["constant", "cosine"]
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workloads.augment.views import AugConfig
 from workloads.config import Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from workloads.fields import set_dotted, to_plain
+from workloads.sections import AugConfig
 
 
 def digits(method: str, changes: Mapping[str, Any]) -> Config:

@@ -19,6 +19,11 @@ So a batch is a uniform sample of the whole dataset, whatever order the source l
 (class folders, Parquet written class by class); two runs with one seed see the same rows, and a
 resumed run continues the same sequence of epochs. Ray Train ``streaming_split``s the stream across
 its workers; which worker gets which chunk follows the order they ask in.
+
+The stream's plan (this module's ``chunk_views`` with its ``RowStore`` and ``Config``) is unpickled in Ray's
+own processes that never make a view: Ray Train's controller and dataset manager, Ray Data's split
+coordinator. So this module imports neither torch nor the methods at its top; the functions that make views
+import them, in the tasks that run them (torch and torchvision cost seconds of each process's start).
 """
 
 from __future__ import annotations
@@ -27,20 +32,21 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.data
-import torch
 
 from orchestrator.data import sources
 from workloads.config import Config
-from workloads.method import Images
-from workloads.methods import method
-from workloads.rng import RowRandom, row_keys
+
+if TYPE_CHECKING:
+    import torch
+
+    from workloads.method import Images
 
 ROW_ID = "row_id"  # streamed beside the views: which row of the store each view is of
 # image_tensor's read-only views: torch's warning that it could write to them, from this module only.
@@ -196,6 +202,9 @@ def train_stream(store: RowStore, cfg: Config, clock: Any) -> ray.data.Dataset:
 def chunk_views(batch: dict[str, np.ndarray], store: RowStore, cfg: Config, clock: Any,
                 epoch: int | None = None) -> dict[str, np.ndarray]:
     """Ray Data UDF: chunk number(s) -> the views of that chunk's rows in the current epoch."""
+    from workloads.methods import method  # in the task, not where the plan is only held (above)
+    from workloads.rng import RowRandom, row_keys
+
     if epoch is None:
         epoch = int(ray.get(clock.get.remote()))
     index = _index(store.index)
@@ -221,6 +230,8 @@ def gather(store: RowStore, index: StoreIndex, positions: np.ndarray, size: int,
            ) -> tuple[Images, np.ndarray]:
     """The images at ``positions`` as uint8 (B, 3, S, S) when they share a shape, else a list of
     (3, H, W); and which positions were readable (a bad file under ``data.bad_images=skip`` is not)."""
+    import torch
+
     if store.blocks:
         arrays = _from_blocks(store, index, positions)
     else:
@@ -285,4 +296,6 @@ def image_tensor(a: np.ndarray) -> torch.Tensor:
     view of the object store, a decoded photo's buffer). torch warns that a tensor over a read-only
     array could be written to; the crops only read it (the warning is filtered for this module only,
     above). A copy here would cost a good part of decoding an ImageNet-sized JPEG."""
+    import torch
+
     return torch.from_numpy(a).permute(2, 0, 1)

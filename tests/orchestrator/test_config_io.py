@@ -9,9 +9,9 @@ import pytest
 from orchestrator.config_io import parse_assignment, resolve
 from workloads.config import Config, ConfigError
 from workloads.contrastive import LossConfig
-from workloads.masked import MAEConfig
 from workloads.methods import DEFAULT_METHOD
 from workloads.moco.config import MoCoConfig
+from workloads.sections import MAEConfig
 
 
 def test_set_values_are_read_as_yaml() -> None:

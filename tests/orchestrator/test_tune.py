@@ -1,6 +1,6 @@
 """``simclr tune``: search-space parsing, resource planning, trial lines, child runs and the sweep's outcome.
 The real sweep (ASHA, a failing trial, the console) runs on the session's cluster, in
-tests/cluster/test_submit_stop_and_sweep.py."""
+tests/cluster/test_submit_sweep.py."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from orchestrator.errors import NonFiniteLossError, UserError
 from orchestrator.tune.resources import TRIAL_CPU
 from orchestrator.tune.spec import SweepSpec
 from orchestrator.tune.trial import shares_data
-from workloads.augment.views import AugConfig
 from workloads.config import Config, ConfigError, TrainConfig
 from workloads.contrastive import LossConfig
+from workloads.sections import AugConfig
 
 # --- search space -------------------------------------------------------------------------------------
 

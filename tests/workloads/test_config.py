@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from workloads.augment.views import AugConfig
 from workloads.config import SHARED_SECTIONS, Config, ConfigError, DataConfig
 from workloads.contrastive import LossConfig
 from workloads.methods import DEFAULT_METHOD, METHODS, recipe
 from workloads.moco.config import MoCoConfig
+from workloads.sections import AugConfig
 from workloads.simclr.recipes import RECIPES
 from workloads.swav.config import SwAVConfig
 
@@ -43,6 +43,10 @@ from workloads.swav.config import SwAVConfig
         ("train.max_failures", -2, "train.max_failures must be >= -1"),
         ("eval.knn_k", 0, "eval.knn_k must be >= 1"),
         ("tracking.experiment", "", "tracking.experiment must be a non-empty name"),
+        ("tracking.register", "team/encoder", "tracking.register must be a registered model's name, without '/'"),
+        ("tracking.register_alias", "latest", "tracking.register_alias must be letters, digits, '_' or '-', not"),
+        ("tracking.register_alias", "v3", "tracking.register_alias must be letters, digits, '_' or '-', not"),
+        ("tracking.register_alias", "to ship", "tracking.register_alias must be letters, digits, '_' or '-', not"),
     ],
 )
 def test_bad_value_raises_naming_the_field_and_range(key: str, value: Any, expected: str) -> None:

@@ -5,9 +5,10 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models import resnet
+from torchvision.models.resnet import ResNet
 
-from workloads.encoders import ARCHS, SmallResNet, build_encoder
+from workloads.encoders import ARCHS, BasicBlock, SmallResNet, build_encoder
 from workloads.heads import ProjectionHead
 from workloads.simclr.model import SimCLRModel, build_simclr_model
 
@@ -150,3 +151,24 @@ def test_head_rejects_bad_sizes_naming_the_field(kwargs: dict[str, int], field: 
     args = {"in_dim": 16, "hidden_dim": 32, "out_dim": 8, "num_layers": 2} | kwargs
     with pytest.raises(ValueError, match=field):
         ProjectionHead(**args)
+
+
+@pytest.mark.parametrize(("in_ch", "out_ch", "stride"), [(8, 8, 1), (8, 16, 2)])
+def test_the_small_resnets_block_is_torchvisions_basic_block(in_ch: int, out_ch: int, stride: int) -> None:
+    """The same parameter names and shapes, and the same output from the same weights, in train and eval mode."""
+    def shortcut() -> nn.Module | None:
+        if stride == 1 and in_ch == out_ch:
+            return None
+        return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    torch.manual_seed(0)
+    ours, theirs = BasicBlock(in_ch, out_ch, stride, shortcut()), resnet.BasicBlock(in_ch, out_ch, stride, shortcut())
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    for p in theirs.parameters():
+        nn.init.normal_(p)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, in_ch, 12, 12)
+    for mode in (True, False):
+        ours.train(mode)
+        theirs.train(mode)
+        torch.testing.assert_close(ours(x.clone()), theirs(x.clone()))

@@ -11,46 +11,17 @@ with no change to either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from dataclasses import replace
 
 from torch import Tensor
 
 from workloads.augment.transform import SimCLRAugment
-from workloads.augment.views import AugConfig, make_augment
+from workloads.augment.views import make_augment
 from workloads.config import Config
-from workloads.fields import ConfigError, check
+from workloads.fields import ConfigError
 from workloads.method import Images
 from workloads.rng import RandomSource
-
-
-@dataclass
-class MultiCropConfig:
-    """How many crops of each size. The defaults are SwAV's ImageNet ones (main_swav.py ``--nmb_crops 2 6
-    --size_crops 224 96 --min_scale_crops 0.14 0.05 --max_scale_crops 1. 0.14``); the large crops' size
-    and scale range are ``data.image_size`` and ``aug.min_scale``/``aug.max_scale`` (SwAV: 224, 0.14-1)."""
-
-    section: ClassVar[str] = "multicrop"
-    large_crops: int = 2  # at data.image_size, crop scale (aug.min_scale, aug.max_scale)
-    small_crops: int = 6  # at small_size, crop scale (small_min_scale, small_max_scale); 0: none
-    small_size: int = 96
-    small_min_scale: float = 0.05
-    small_max_scale: float = 0.14
-
-    def __post_init__(self) -> None:
-        s = self.section
-        check(self.large_crops >= 1, s, "large_crops", ">= 1", self.large_crops)
-        check(self.small_crops >= 0, s, "small_crops", ">= 0 (0: no small crops)", self.small_crops)
-        check(self.small_size >= 1, s, "small_size", ">= 1", self.small_size)
-        check(0.0 < self.small_min_scale <= 1.0, s, "small_min_scale", "in (0, 1]", self.small_min_scale)
-        check(self.small_min_scale <= self.small_max_scale <= 1.0, s, "small_max_scale", "in [small_min_scale, 1]",
-              self.small_max_scale)
-
-    def large_names(self) -> tuple[str, ...]:
-        return tuple(f"view{i}" for i in range(self.large_crops))
-
-    def small_names(self) -> tuple[str, ...]:
-        return tuple(f"small{i}" for i in range(self.small_crops))
+from workloads.sections import AugConfig, MultiCropConfig
 
 
 def small_augment(cfg: Config) -> SimCLRAugment:

@@ -24,14 +24,13 @@ the training device.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
 
 from workloads.augment.ops import (
     CHUNK_PIXELS,
@@ -362,7 +361,7 @@ def reference_augment(
     blur_p: float = 0.0,
     blur_kernel_frac: float = 0.1,
     blur_sigma: tuple[float, float] = (0.1, 2.0),
-) -> v2.Compose:
+) -> Callable[[Tensor], Tensor]:
     """The standard per-image torchvision v2 pipeline of the same recipe, on one uint8 (3, H, W) image.
 
     torchvision's tensor transforms, with the exact k x k blur: a baseline for benchmarks and the
@@ -371,6 +370,8 @@ def reference_augment(
     Applied to a batch at once it draws one parameter set for the whole batch.
     Arguments are validated exactly as SimCLRAugment's.
     """
+    from torchvision.transforms import v2  # the baseline's only: SimCLRAugment is plain torch (ops.py)
+
     aug = SimCLRAugment(output_size, strength, min_scale, max_scale, ratio, flip_p, jitter_p, gray_p,
                         blur_p, blur_kernel_frac, blur_sigma)
     brightness, contrast, saturation, hue = aug.jitter

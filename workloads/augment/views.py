@@ -1,5 +1,5 @@
-"""Views for every method: the ``aug`` config section and SimCLR's augmentation (random resized crop,
-flip, colour jitter, grayscale, blur) as two views (SimCLR, MoCo, BYOL) or one (MAE, inpainting, VAE).
+"""Views for every method: SimCLR's augmentation (random resized crop, flip, colour jitter, grayscale, blur)
+as two views (SimCLR, MoCo, BYOL) or one (MAE, inpainting, VAE); its ``aug`` section is workloads/sections.py's.
 
 ``aug.device`` splits a two-view method's views between the data workers and the training device:
 with ``train``, the data workers decode and crop only, and send each view's uint8 crops with its
@@ -12,47 +12,16 @@ runs. ``two_views`` writes those columns and ``finish_views`` reads them: the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import ClassVar, Literal
+from dataclasses import fields
 
 import torch
 from torch import Tensor
 
 from workloads.augment.transform import ColourParams, SimCLRAugment
 from workloads.config import Config
-from workloads.fields import check, check_choices
 from workloads.method import Images
 from workloads.rng import RandomSource
-
-
-@dataclass
-class AugConfig:
-    """SimCLR's augmentation (Chen et al. 2020, appendix A); strength s scales colour jitter."""
-
-    section: ClassVar[str] = "aug"
-    strength: float = 0.5
-    min_scale: float = 0.08
-    max_scale: float = 1.0
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.0  # 0.5 at ImageNet size; off at <= 64 px
-    blur_kernel_frac: float = 0.1
-    # where flip, colour jitter, grayscale and blur run: data (the Ray Data CPU workers), train (the
-    # training device, after the batch arrives), auto (train with train.use_gpu, else data)
-    device: Literal["auto", "data", "train"] = "auto"
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        s = self.section
-        check(0.0 <= self.strength <= 4.0, s, "strength", "in [0, 4]", self.strength)
-        check(0.0 < self.min_scale <= 1.0, s, "min_scale", "in (0, 1]", self.min_scale)
-        check(self.min_scale <= self.max_scale <= 1.0, s, "max_scale", "in [min_scale, 1]", self.max_scale)
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
-            value = getattr(self, name)
-            check(0.0 <= value <= 1.0, s, name, "a probability in [0, 1]", value)
-        check(0.0 < self.blur_kernel_frac <= 0.5, s, "blur_kernel_frac", "in (0, 0.5]", self.blur_kernel_frac)
-
+from workloads.sections import AugConfig
 
 SEP = "__"  # <view>__<colour field>: a column of a view whose colour stage runs on the training device
 COLOUR_FIELDS = tuple(f.name for f in fields(ColourParams))

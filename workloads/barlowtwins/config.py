@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.barlowtwins.loss import LAMBDA
 from workloads.fields import check, check_choices
+
+LAMBDA = 0.0051  # the reference code's --lambd (5e-3 in the paper, §4)
 
 
 @dataclass

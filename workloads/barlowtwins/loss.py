@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from workloads import dist
+from workloads.barlowtwins.config import LAMBDA
 from workloads.joint_embedding import off_diagonal_square_sum
 
 BN_EPS = 1e-5  # nn.BatchNorm1d's default eps, the reference's normalisation layer
-LAMBDA = 0.0051  # the reference code's --lambd (5e-3 in the paper, §4)
 
 
 def barlow_twins_loss(z0: Tensor, z1: Tensor, lambd: float = LAMBDA) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, finish_views, two_views
+from workloads.augment.views import finish_views, two_views
 from workloads.barlowtwins.config import BarlowTwinsConfig
 from workloads.barlowtwins.loss import barlow_twins_loss
 from workloads.barlowtwins.recipes import RECIPES
@@ -17,6 +17,7 @@ from workloads.config import Config
 from workloads.joint_embedding import build_twin_model
 from workloads.method import Images, Method, Net
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 
 
 class BarlowTwins(Method):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, finish_views, two_views
+from workloads.augment.views import finish_views, two_views
 from workloads.byol.config import BYOLConfig
 from workloads.byol.loss import byol_loss
 from workloads.byol.model import BYOLModel
@@ -22,6 +22,7 @@ from workloads.heads import byol_mlp
 from workloads.method import Images, Method, Net
 from workloads.momentum import momentum_at
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 
 
 def _byol(model: nn.Module) -> BYOLModel:

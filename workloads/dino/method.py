@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.multicrop import MultiCropConfig, check_multicrop, multi_crop
-from workloads.augment.views import AugConfig
+from workloads.augment.multicrop import check_multicrop, multi_crop
 from workloads.config import Config, ConfigError
 from workloads.dino.config import DINOConfig
 from workloads.dino.loss import dino_loss, updated_center
@@ -31,6 +30,7 @@ from workloads.momentum import momentum_at
 from workloads.optim import cosine, param_groups
 from workloads.pictures import model_device, pictured
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig, MultiCropConfig
 from workloads.vit import ViT
 
 

@@ -12,15 +12,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, one_view
+from workloads.augment.views import one_view
 from workloads.config import Config
 from workloads.inpaint.model import build_inpaint_model
 from workloads.inpaint.recipes import RECIPES
-from workloads.masked import MAEConfig, at_target_statistics, masked_mse, patch_grid
+from workloads.masked import at_target_statistics, masked_mse, patch_grid
 from workloads.masks import block_mask, mask_pixels, patchify, unpatchify
 from workloads.method import Images, Method, Net, denormalize, normalize
 from workloads.pictures import evaluating, greyed, model_device, pictured, reconstruction_grid
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig, MAEConfig
 
 
 class Inpaint(Method):

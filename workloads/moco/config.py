@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from workloads.fields import check, check_choices
-from workloads.momentum import Schedule
+from workloads.sections import Schedule
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, finish_views, two_views
+from workloads.augment.views import finish_views, two_views
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.encoders import build_encoder
@@ -22,6 +22,7 @@ from workloads.moco.model import MoCoModel
 from workloads.moco.recipes import RECIPES
 from workloads.momentum import momentum_at
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 
 
 def _moco(model: nn.Module) -> MoCoModel:

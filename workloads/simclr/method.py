@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, finish_views, two_views
+from workloads.augment.views import finish_views, two_views
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.method import Images, Method, Net
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 from workloads.simclr.loss import nt_xent
 from workloads.simclr.model import build_simclr_model
 from workloads.simclr.recipes import RECIPES

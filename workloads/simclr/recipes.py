@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from workloads import recipes
-from workloads.augment.views import AugConfig
 from workloads.config import Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from workloads.contrastive import LossConfig
+from workloads.sections import AugConfig
 
 
 def digits() -> Config:

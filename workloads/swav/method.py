@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workloads.augment.multicrop import MultiCropConfig, check_multicrop, multi_crop
-from workloads.augment.views import AugConfig
+from workloads.augment.multicrop import check_multicrop, multi_crop
 from workloads.config import Config, ConfigError
 from workloads.encoders import build_encoder
 from workloads.heads import ProjectionHead
 from workloads.method import Images, Method, Net
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig, MultiCropConfig
 from workloads.swav.config import SwAVConfig
 from workloads.swav.loss import sinkhorn_knopp, swapped_prediction
 from workloads.swav.model import SwAVModel

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from workloads import dist
-from workloads.augment.views import AugConfig, one_view
+from workloads.augment.views import one_view
 from workloads.config import Config
 from workloads.method import Images, Method, Net, normalize
 from workloads.pictures import MAX_PICTURES, evaluating, model_device, pictured, reconstruction_grid
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 from workloads.vae.config import VAEConfig
 from workloads.vae.loss import negative_elbo
 from workloads.vae.model import VAEModel, build_vae_model

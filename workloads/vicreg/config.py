@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from workloads.fields import check, check_choices
-from workloads.vicreg.loss import COV_COEFF, SIM_COEFF, STD_COEFF
+
+SIM_COEFF, STD_COEFF, COV_COEFF = 25.0, 25.0, 1.0  # λ, μ, ν (§4.2; the reference's defaults)
 
 
 @dataclass

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from workloads import dist
 from workloads.joint_embedding import off_diagonal_square_sum
+from workloads.vicreg.config import COV_COEFF, SIM_COEFF, STD_COEFF
 
 VAR_EPS = 1e-4  # ε inside the standard deviation (Eq. 1): keeps its gradient finite at zero variance
 VAR_TARGET = 1.0  # γ, the standard deviation each dimension is held at (Eq. 1)
-SIM_COEFF, STD_COEFF, COV_COEFF = 25.0, 25.0, 1.0  # λ, μ, ν (§4.2; the reference's defaults)
 
 
 def variance_term(z: Tensor) -> Tensor:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from workloads.augment.views import AugConfig, finish_views, two_views
+from workloads.augment.views import finish_views, two_views
 from workloads.config import Config
 from workloads.joint_embedding import build_twin_model
 from workloads.method import Images, Method, Net
 from workloads.rng import RandomSource
+from workloads.sections import AugConfig
 from workloads.vicreg.config import VICRegConfig
 from workloads.vicreg.loss import vicreg_loss
 from workloads.vicreg.recipes import RECIPES
