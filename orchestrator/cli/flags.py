@@ -32,6 +32,9 @@ def config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="run name (train.name); the same name resumes the run")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the final encoder (a sweep's: its best trial's) as a new version of this model "
+                        "in MLflow's Model Registry, alias tracking.register_alias (default candidate)")
 
 
 def ray_flags(p: argparse.ArgumentParser) -> None:
@@ -44,7 +47,7 @@ def ray_flags(p: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"train.workers": args.workers, "train.use_gpu": args.use_gpu, "train.epochs": args.epochs,
-             "train.name": args.name, "tracking.uri": args.tracking_uri}
+             "train.name": args.name, "tracking.uri": args.tracking_uri, "tracking.register": args.register}
     return {k: v for k, v in flags.items() if v is not None}
 
 

@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     else:
         print(f"MLflow run:  {outcome.run_id} ({outcome.run_name}) at {redact(outcome.tracking_uri)}", file=out)
         print(f"checkpoint:  {outcome.checkpoint}", file=out)
+        if outcome.registered:
+            print(f"registered:  {outcome.registered} (alias {cfg.tracking.register_alias})", file=out)
         for key, value in sorted(outcome.metrics.items()):
             print(f"{key:>18}: {value:.4f}", file=out)
         if not outcome.complete:

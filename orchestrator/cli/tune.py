@@ -107,3 +107,7 @@ def _print_outcome(outcome: Any, out: TextIO) -> None:
     shown = " ".join(f"{k}={v}" for k, v in best.params.items())
     print(f"best trial:  {best.run_name}  {outcome.metric}={best.metrics[outcome.metric]:.4f}  {shown}", file=out)
     print(f"train it:    {outcome.train_command}", file=out)
+    if outcome.registered:
+        print(f"registered:  {outcome.registered} (the best trial's encoder)", file=out)
+    for note in outcome.notes:
+        print(f"note:        {note}", file=out)

@@ -24,6 +24,7 @@ from orchestrator.data import catalog
 from orchestrator.secrets import redact, redact_values
 from orchestrator.tracking import plots
 from orchestrator.tracking.runs import log_params
+from orchestrator.tracking.tags import REGISTERED_TAG
 from workloads.config import Config
 from workloads.method import MEAN, STD
 
@@ -170,8 +171,8 @@ def system_metrics(run_id: str, uri: str, node: str) -> Any:
     return monitor
 
 
-def log_encoder_model(encoder: nn.Module, run_id: str, uri: str, image_size: int) -> None:
-    """The encoder as an MLflow PyTorch model of the run, with a uint8 (B, 3, H, W) signature."""
+def log_encoder_model(encoder: nn.Module, run_id: str, uri: str, image_size: int) -> str:
+    """The encoder as an MLflow PyTorch model of the run, with a uint8 (B, 3, H, W) signature; its URI."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -184,8 +185,31 @@ def log_encoder_model(encoder: nn.Module, run_id: str, uri: str, image_size: int
         features = model(example)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model, name="encoder", input_example=example.numpy(),
             signature=infer_signature(example.numpy(), features.numpy()),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+    return str(info.model_uri)
+
+
+def logged_encoder(client: Any, run_id: str) -> str:
+    """The URI of the encoder model ``run_id`` logged when it finished ("" if it logged none: it stopped early)."""
+    run = client.get_run(run_id)
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'")
+    return next((str(m.model_uri) for m in models if m.name == "encoder"), "")
+
+
+def register_encoder(client: Any, run_id: str, model_uri: str, name: str, alias: str) -> str:
+    """``model_uri`` (the run's encoder) as a new version of the registered model ``name``, with ``alias``
+    moved to it: what a team picks in the MLflow UI ("the encoder we ship"). The version is tagged on the
+    run; returns ``"NAME/VERSION"``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
+    client.set_registered_model_alias(name, alias, version)
+    where = f"{name}/{version}"
+    client.set_tag(run_id, REGISTERED_TAG, where)
+    return where

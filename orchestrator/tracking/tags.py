@@ -10,4 +10,5 @@ TRIAL_TAG = "simclr.trial_id"
 BEST_TRIAL_TAG = "simclr.best_trial"  # run name of the best trial, on the parent
 STOPPED_EARLY_TAG = "simclr.stopped_early"  # "true" on trials ASHA stopped
 DATA_PREPARED_BY_TAG = "simclr.data_prepared_by"  # "sweep" when a trial trained on its sweep's prepared data
+REGISTERED_TAG = "simclr.registered_model"  # "NAME/VERSION": the Model Registry version of the run's encoder
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # "custom_model_development": the UI opens on training runs

@@ -56,6 +56,7 @@ class TrainOutcome:
     checkpoint: str
     complete: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    registered: str = ""  # "NAME/VERSION" in the Model Registry (tracking.register), "" if not registered
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "tracking_uri": redact(self.tracking_uri)}, sort_keys=True)
@@ -159,10 +160,14 @@ def _fit(cfg: Config, data: PreparedData, steps: int, cpw: float, found: run.Fou
     tracking.log_history(client, run_id, payload["step_history"], step_key="global_step")
     complete = int(payload["epoch"]) >= cfg.train.epochs
     record.log_curves(client, run_id, payload["history"])
+    registered = ""
     if complete:
-        record.log_encoder_model(_encoder(payload, cfg), run_id, uri, cfg.data.image_size)
+        model_uri = record.log_encoder_model(_encoder(payload, cfg), run_id, uri, cfg.data.image_size)
+        if cfg.tracking.register:
+            registered = record.register_encoder(client, run_id, model_uri, cfg.tracking.register,
+                                                 cfg.tracking.register_alias)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    return TrainOutcome(run_id, cfg.train.name, found.experiment_id, uri, where, complete, metrics)
+    return TrainOutcome(run_id, cfg.train.name, found.experiment_id, uri, where, complete, metrics, registered)
 
 
 def _first_views(data: PreparedData, cfg: Config) -> dict[str, torch.Tensor]:

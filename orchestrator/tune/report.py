@@ -16,8 +16,8 @@ from ray import tune
 
 from orchestrator import tracking
 from orchestrator.storage import join
-from orchestrator.tracking import plots
-from orchestrator.tracking.tags import BEST_TRIAL_TAG
+from orchestrator.tracking import plots, record
+from orchestrator.tracking.tags import BEST_TRIAL_TAG, REGISTERED_TAG
 from orchestrator.train.run import failure_message, last_line
 from orchestrator.tune.spec import BASE_CONFIG_FILE, SweepSpec
 from orchestrator.tune.trial import plain, trial_run_name
@@ -47,6 +47,8 @@ class SweepOutcome:
     best: TrialSummary | None = None
     train_command: str = ""
     interrupted: bool = False
+    registered: str = ""  # "NAME/VERSION": the best trial's encoder in the Model Registry (tracking.register)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -192,3 +194,21 @@ def report_parent(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
                                   log_x=dims[key].kind == "loguniform")
             client.log_artifact(run_id, png, "plots")
 
+
+
+def register_best(client: Any, spec: SweepSpec, outcome: SweepOutcome) -> None:
+    """``tracking.register``: the best trial's encoder as a new version of that registered model, tagged on
+    the parent and on the trial's run. A best trial that ASHA stopped before its last epoch logged no
+    encoder: said in ``outcome.notes``, not an error (``train it:`` trains it to the end)."""
+    wanted = spec.base.get("tracking", {})
+    name, best = str(wanted.get("register", "")), outcome.best
+    if not name or best is None:
+        return
+    model_uri = record.logged_encoder(client, best.run_id)
+    if not model_uri:
+        outcome.notes.append(f"the best trial {best.run_name} stopped before its last epoch and logged no encoder: "
+                             f"nothing registered as {name}; train it to the end with the command above")
+        return
+    outcome.registered = record.register_encoder(client, best.run_id, model_uri, name,
+                                                 str(wanted.get("register_alias", "candidate")))
+    tracking.set_tags(client, spec.parent_run_id, {REGISTERED_TAG: outcome.registered})

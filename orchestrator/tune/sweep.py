@@ -38,7 +38,7 @@ from orchestrator.storage import absolute, join
 from orchestrator.train.run import failure_message, storage_path
 from orchestrator.train.session import RayOptions, ray_session
 from orchestrator.tune import progress
-from orchestrator.tune.report import SweepOutcome, first_error, load_trials, report_parent, summarise
+from orchestrator.tune.report import SweepOutcome, first_error, load_trials, register_best, report_parent, summarise
 from orchestrator.tune.resources import cluster_plan
 from orchestrator.tune.runs import end_orphans, fix_child_runs, start_parent
 from orchestrator.tune.space import Dimension, param_space, parse_search, validate_space
@@ -231,6 +231,7 @@ def _fit_and_report(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, clien
         outcome = summarise(spec, trials)
         fix_child_runs(client, spec, outcome)
         report_parent(client, spec, outcome)
+        register_best(client, spec, outcome)
     except KeyboardInterrupt:
         end_orphans(client, spec, "KILLED", "sweep interrupted (Ctrl-C)")
         tracking.end_run(client, spec.parent_run_id, "KILLED", "interrupted (Ctrl-C)")

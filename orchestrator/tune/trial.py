@@ -44,7 +44,8 @@ def simclr_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     values = {k: plain(v) for k, v in config.items()}
     cfg = Config.from_saved(spec["base"]).replace(
-        {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"]})
+        {**values, "train.name": trial_run_name(spec["name"], trial_id), "train.storage_path": spec["trials_storage"],
+         "tracking.register": ""})  # the sweep registers its best trial's encoder, not every trial's
     if spec.get("quiet"):  # no Ray Data progress bars: their last lines would reach the terminal at exit
         quiet_ray_data()
     train(cfg, parent_run_id=spec["parent_run_id"], callbacks=[TuneReportCallback()], prepared=spec.get("data"),

@@ -21,7 +21,7 @@ from simclr_testing import RAY, tiny_sets
 from orchestrator import cli
 from orchestrator.data import sources
 from orchestrator.evaluation.driver import evaluate_checkpoint
-from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG
+from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, REGISTERED_TAG
 from orchestrator.train.checkpoint import read_checkpoint
 from orchestrator.train.model import build_model
 from workloads.config import Config
@@ -59,7 +59,7 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     on the team's MLflow server (PostgreSQL, artifacts proxied to a bucket); then `simclr eval` of its
     checkpoint, kept in the bucket too, logs to the same run. The run says where its data and checkpoint
     are, and the bucket's credentials are nowhere in what it records or prints. (A stopped run resuming
-    by name: tests/orchestrator/test_reliability.py's SIGTERM test.)"""
+    by name: tests/cluster/test_submit_node_loss.py.)"""
     for key, value in s3.env().items():  # this process reads the bucket too (the checkpoint, `simclr eval`)
         monkeypatch.setenv(key, value)
     uri = tracking_server.uri
@@ -71,7 +71,7 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
               "--set", f"data.eval_root={val_root}", "--set", "data.holdout_fraction=0", "--set", "data.decode_size=20"]
     cmd = [sys.executable, "-m", "orchestrator.cli", "train", *tiny_sets(), *photos, "--workers", "2", "--name", "e2e",
            "--tracking-uri", uri, "--set", f"train.storage_path={bucket}/runs",
-           "--num-cpus", "2", "--object-store-mb", "300", "--json"]
+           "--num-cpus", "2", "--object-store-mb", "300", "--register", "ssl-encoder", "--json"]
     # a client with the bucket's endpoint and credentials for the data, and none for MLflow's artifacts:
     # the tracking server stores those
     client_s3 = {k: v for k, v in s3.env().items() if k != "MLFLOW_S3_ENDPOINT_URL"}
@@ -94,6 +94,11 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     text = log.read_text()
     assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text and "epoch 2/2 done" in text
     assert "Failed to query Ray Train Controller actor state" not in text  # local Ray has its dashboard
+    # the finished name is refused before Ray starts: one line, exit 2
+    refused = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    (line,) = [ln for ln in refused.stderr.splitlines() if ln.startswith("simclr: ")]
+    assert "already finished" in line and "Started a local Ray" not in refused.stderr
 
     client = MlflowClient(uri)
     run = client.get_run(out["run_id"])
@@ -134,7 +139,10 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     # checkpoint's features without any of our code
     models = client.search_logged_models(experiment_ids=[out["experiment_id"]])
     model = next(m for m in models if m.source_run_id == run.info.run_id)
-    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the current tracking store
+    # models:/ URIs resolve against the current tracking store. MLflow also puts it in MLFLOW_TRACKING_URI,
+    # which the tests after this one (and the CLIs they run) would read: monkeypatch takes it out after.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     assert mlflow.models.get_model_info(model.model_uri).signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] \
         == "uint8"
     encoder = mlflow.pytorch.load_model(model.model_uri)
@@ -143,6 +151,10 @@ def test_train_cli_two_workers_logs_a_complete_finished_mlflow_run(
     assert features.shape == (3, 16)  # widths [8, 16]: 16 features before the head
     # ... also from another process that has the tracking server and nothing else (no bucket credentials)
     assert load_elsewhere(uri, model.model_uri, tmp_path) == "(2, 16)"
+    # --register: the encoder is version 1 of the registered model, the alias a team picks it by on it
+    assert out["registered"] == tags[REGISTERED_TAG] == "ssl-encoder/1"
+    version = client.get_model_version_by_alias("ssl-encoder", "candidate")
+    assert version.run_id == run.info.run_id and model.model_id in version.source
     # the run's artifacts and its model are in the bucket behind the tracking server
     stored = s3.files(tracking_server.artifacts)
     assert f"{out['experiment_id']}/{run.info.run_id}/artifacts/config.yaml" in stored
