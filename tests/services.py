@@ -14,7 +14,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,12 +181,22 @@ class Outage:
         self.cut()
 
 
+_STOPS: list[Callable[[], None]] = []  # the running stack's stop (one at most)
+
+
+def stop_stack() -> None:
+    """Stop the session's stack now, if it runs (tests/conftest.py calls it after the stack's last test)."""
+    while _STOPS:
+        _STOPS.pop()()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The whole local stack, as ``python -m cluster.local up`` starts it for users: S3, PostgreSQL + the
     MLflow server, and a token-protected Ray head + one worker node of 3 logical CPUs each (a run with
-    2-CPU train workers puts one on each node and leaves a CPU per node for Ray Data). Stopped at the
-    end as users stop it (``down``), and checked: nothing it started is left running."""
+    2-CPU train workers puts one on each node and leaves a CPU per node for Ray Data). Stopped as users
+    stop it (``down``) after the last test that uses it, or at the end, and checked: nothing it started
+    is left running."""
     folder = Path(tempfile.mkdtemp(prefix="stack-", dir="/tmp"))
     try:
         # the worker-group start timeout raised for a loaded machine (after a node loss Ray Train waits for
@@ -197,14 +207,19 @@ def stack() -> Iterator[Stack]:
     except ServiceError as err:
         pytest.fail(f"the local stack did not start: {err}", pytrace=False)
     state = started.state()
-    try:
-        yield started
-    finally:
+
+    def stop() -> None:
         assert local_main(["down", "--dir", str(folder)]) == 0
         left = [pid for pid in (state["s3"]["pid"], state["mlflow"]["pid"], *state["ray"]["pids"]) if alive(pid)]
         assert not left and not started.postgres.running() and not stray_pids(started.ray.root), \
             f"left running after `cluster.local down`: {left}"
         assert not folder.exists()
+
+    _STOPS.append(stop)
+    try:
+        yield started
+    finally:
+        stop_stack()
 
 
 @pytest.fixture(scope="session")

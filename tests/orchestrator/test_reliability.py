@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,13 @@ class Watched:
         for line in pipe:
             sink.append(line)
 
-    def wait_for(self, text: str, timeout: float = 600) -> None:
+    def wait_for(self, text: str, timeout: float = 600, after: str = "") -> None:
+        """Until a line holds ``text`` (one after the first line that holds ``after``, if given)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if any(text in ln for ln in self.lines):
+            lines = list(self.lines)
+            start = next((i for i, ln in enumerate(lines) if after in ln), len(lines)) if after else -1
+            if any(text in ln for ln in lines[start + 1:]):
                 return
             if self.proc.poll() is not None:
                 time.sleep(0.5)
@@ -167,43 +170,6 @@ def test_partial_or_truncated_checkpoint_is_never_loaded(tmp_path: Path) -> None
         load_state_file(str(partial_keys))
 
 
-@pytest.mark.slow
-def test_worker_deaths_under_default_settings_resume_from_the_last_complete_checkpoint_and_are_recorded(
-        tmp_path: Path) -> None:
-    """Two faults in one run, with the default train.max_failures: the worker dies while writing the
-    epoch-2 checkpoint, then a train worker is SIGKILLed during epoch 3. Each restart resumes from the
-    newest complete checkpoint, MLflow holds one FINISHED run with each epoch once, and both restarts
-    are recorded on it (the ``restarts`` metric, a tag and a JSON artifact each)."""
-    env = clean_env(SIMCLR_FAULTS="die_in_checkpoint@2", SIMCLR_FAULTS_DIR=str(tmp_path / "faults"))
-    run = Watched(cli(tmp_path, "--epochs", "4", "--name", "faults"), tmp_path, env)
-    try:
-        run.wait_for("after epoch 1")  # restarted after the death in checkpointing, from epoch 1
-        run.wait_for("epoch 2/4 done")
-        wait_registered(tmp_path / "runs" / "faults", 2)  # the kill lands in epoch 3, after its checkpoint
-        workers = [p for p in descendants(run.proc.pid) if "RayTrainWorker" in cmdline(p)]
-        assert workers, "no train worker process found"
-        os.kill(workers[-1], signal.SIGKILL)
-        code, _, err = run.finish()
-    finally:
-        run.kill()
-    assert code == 0, err[-4000:]
-    resumes = re.findall(r"resumed from \S+ after epoch (\d+)", err)
-    assert resumes[0] == "1"  # the half-written epoch-2 checkpoint was not used
-    assert len(resumes) == 2 and int(resumes[1]) >= 2  # the kill in epoch 3 (or just after it) resumed later
-    client, mlflow_run, steps = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
-    assert mlflow_run.info.status == "FINISHED"
-    assert steps == [1, 2, 3, 4]
-    assert mlflow_run.data.params["train.max_failures"] == "3"  # the default, not set by the test
-    restarts = client.get_metric_history(mlflow_run.info.run_id, "restarts")
-    assert [m.value for m in restarts] == [1, 2]
-    first = json.loads(mlflow_run.data.tags["simclr.restart.1"])
-    assert first["resumed_after_epoch"] == 1 and "worker process was lost" in first["cause"]
-    assert json.loads(mlflow_run.data.tags["simclr.restart.2"])["resumed_after_epoch"] >= 2
-    recorded = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "restarts")}
-    assert recorded == {"restarts/restart_1.json", "restarts/restart_2.json"}
-    assert err.count("restart 1: ") == 1 and err.count("restart 2: ") == 1  # on the console too
-
-
 # --- non-finite loss, bad images, secrets ----------------------------------------------------------------
 
 
@@ -282,9 +248,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(port: int, proc: subprocess.Popen[Any], failure: str, timeout: float = 120) -> None:
+    """Until the MLflow server on ``port`` answers /health; ``failure`` if ``proc`` ends or time runs out."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise AssertionError(failure) from None
+            time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_server(tmp: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    import urllib.request
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
@@ -292,15 +272,7 @@ def mlflow_server(tmp: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
          "--workers", "1"],
         cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("mlflow server did not start") from None
-                time.sleep(0.5)
+        wait_healthy(port, proc, "mlflow server did not start")
         yield proc
     finally:
         if proc.poll() is None:
@@ -320,53 +292,79 @@ def test_unreachable_tracking_server_is_a_one_line_error_before_any_work(tmp_pat
     assert time.time() - start < 60
 
 
+FAULT_EPOCHS = 6  # two worker deaths (epochs 2 and 3), then the tracking server away for an epoch or more
+
+
 @pytest.mark.slow
-def test_tracking_server_away_mid_run_loses_no_metric(tmp_path: Path) -> None:
+def test_worker_deaths_and_the_tracking_server_away_lose_no_epoch_and_the_restarts_are_recorded(
+        tmp_path: Path) -> None:
+    """Three faults in one run under the default train.max_failures, tracked on an MLflow server: the worker
+    dies while writing the epoch-2 checkpoint, then a train worker is SIGKILLed during epoch 3, then the
+    tracking server goes away and comes back. Each restart resumes from the newest complete checkpoint;
+    training goes on while the server is away and what could not be sent is sent later. MLflow holds one
+    FINISHED run with each epoch once, and both restarts recorded on it (the ``restarts`` metric, a tag and
+    a JSON artifact each)."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    with mlflow_server(tmp_path, port):
-        run = Watched(cli(tmp_path, "--epochs", "4", "--name", "away", uri=uri), tmp_path, clean_env())
-        try:
-            run.wait_for("epoch 1/4 done")
-        except BaseException:
-            run.kill()
-            raise
-    try:  # the server is down now: epochs 2 (and maybe 3) cannot be logged
+    env = clean_env(SIMCLR_FAULTS="die_in_checkpoint@2", SIMCLR_FAULTS_DIR=str(tmp_path / "faults"))
+    server = ExitStack()
+    server.enter_context(mlflow_server(tmp_path, port))
+    run = Watched(cli(tmp_path, "--epochs", str(FAULT_EPOCHS), "--name", "faults", uri=uri), tmp_path, env)
+    try:
+        run.wait_for("after epoch 1")  # restarted after the death in checkpointing, from epoch 1
+        run.wait_for(f"epoch 2/{FAULT_EPOCHS} done")
+        wait_registered(tmp_path / "runs" / "faults", 2)  # the kill lands in epoch 3, after its checkpoint
+        workers = [p for p in descendants(run.proc.pid) if "RayTrainWorker" in cmdline(p)]
+        assert workers, "no train worker process found"
+        os.kill(workers[-1], signal.SIGKILL)
+        run.wait_for("restart 2: ")
+        # an epoch of the restarted workers, whose restart record went to MLflow before they trained
+        run.wait_for(f"/{FAULT_EPOCHS} done", after="restart 2: ")
+        server.close()  # the tracking server goes away: the next epochs cannot be logged
         run.wait_for("MLflow unreachable")
         with mlflow_server(tmp_path, port):
             code, _, err = run.finish()
             assert code == 0, err[-4000:]
-            client = MlflowClient(uri)
-            (mlflow_run,) = client.search_runs([client.get_experiment_by_name("simclr").experiment_id])
-            steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
+            client, mlflow_run, steps = loss_steps(uri)
             knn = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "knn_top1")]
-            assert mlflow_run.info.status == "FINISHED"
+            restarts = client.get_metric_history(mlflow_run.info.run_id, "restarts")
+            recorded = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "restarts")}
     finally:
         run.kill()
-    assert steps == [1, 2, 3, 4]
-    assert knn == [0, 1, 2, 3, 4]
+        server.close()
+    resumes = re.findall(r"resumed from \S+ after epoch (\d+)", err)
+    assert resumes[0] == "1"  # the half-written epoch-2 checkpoint was not used
+    assert len(resumes) == 2 and int(resumes[1]) >= 2  # the kill in epoch 3 (or just after it) resumed later
+    assert mlflow_run.info.status == "FINISHED"
+    assert steps == list(range(1, FAULT_EPOCHS + 1))
+    assert knn == list(range(FAULT_EPOCHS + 1))
+    assert mlflow_run.data.params["train.max_failures"] == "3"  # the default, not set by the test
+    assert [m.value for m in restarts] == [1, 2]
+    first = json.loads(mlflow_run.data.tags["simclr.restart.1"])
+    assert first["resumed_after_epoch"] == 1 and "worker process was lost" in first["cause"]
+    assert json.loads(mlflow_run.data.tags["simclr.restart.2"])["resumed_after_epoch"] >= 2
+    assert recorded == {"restarts/restart_1.json", "restarts/restart_2.json"}
+    assert err.count("restart 1: ") == 1 and err.count("restart 2: ") == 1  # on the console too
 
 
 # --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------------
 
-# The SIGTERM lands in epoch 2 (sent once epoch 1's line is out): enough epochs after it that the run is
-# still training when the stop arrives on a loaded machine, few enough that the resumed run finishes them.
+# The endpoint goes away once epoch 1's line is out and the SIGTERM lands an epoch after it is back: enough
+# epochs that the run is still training when the stop arrives on a loaded machine.
 EPOCHS = 6
-OUTAGE_S = 12  # the storage endpoint away during the resumed run: longer than an epoch and its checkpoint
+OUTAGE_S = 12  # the storage endpoint away: longer than an epoch and its checkpoint
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_resumes(
+def test_an_s3_outage_stalls_checkpoints_without_loss_and_sigterm_checkpoints_marks_the_run_killed_and_stops_ray(
         tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at
-    the current step, the run KILLED, Ray stopped, exit 143 without a traceback. The same --name goes on
-    from that checkpoint into the same MLflow run to the last epoch, each epoch logged once and the
-    epochs before the stop not trained again; the finished name is then refused.
+    """On a cluster's storage: the photos (Parquet) and the checkpoints are in a bucket, reached through an
+    endpoint that goes away for a while and comes back. The checkpoints of those epochs are retried until
+    it is back (or the workers restart from the newest complete checkpoint in the bucket); the run goes on.
 
-    On a cluster's storage: the photos (Parquet) and the checkpoints are in a bucket, reached through an
-    endpoint that goes away for a while during the resumed run and comes back. The checkpoints of those
-    epochs are retried until it is back (or the workers restart from the newest complete checkpoint in
-    the bucket); nothing is lost and the run finishes."""
+    Then SIGTERM (ray job stop, Kubernetes, Slurm, docker stop) takes the Ctrl-C path: a checkpoint at the
+    current step, the run KILLED, Ray stopped, exit 143 without a traceback. (Resuming a stopped run by its
+    name: tests/cluster/test_submit_node_loss.py, where `simclr jobs stop` sends the SIGTERM.)"""
     for key, value in s3.env().items():  # this process reads the checkpoints in the bucket
         monkeypatch.setenv(key, value)
     bucket = s3.bucket()
@@ -374,63 +372,42 @@ def test_sigterm_checkpoints_marks_the_run_killed_shuts_ray_down_and_the_name_re
     photos = ["--set", "data.source=parquet", "--set", f"data.uri={data}", "--set", "data.decode_size=20"]
     endpoint = Outage(s3.server.port)  # the training's way to the bucket, which the test can cut
     env = clean_env(**{**s3.env(), "AWS_ENDPOINT_URL": endpoint.endpoint})
-    storage, args = f"{bucket}/runs", ["--epochs", str(EPOCHS), "--name", "cc", *photos]
-    run = Watched(cli(tmp_path, *args, storage=bucket), tmp_path, env)
+    storage = f"{bucket}/runs"
+    run = Watched(cli(tmp_path, "--epochs", str(EPOCHS), "--name", "cc", *photos, storage=bucket), tmp_path, env)
     try:
-        run.wait_for(f"epoch 1/{EPOCHS} done")
+        run.wait_for(f"epoch 1/{EPOCHS} done")  # its checkpoint is on the way to the bucket
+        endpoint.cut()
+        time.sleep(OUTAGE_S)
+        # still running: the outage met its checkpoints (and did not fail it)
+        assert run.proc.poll() is None, "the run ended while the endpoint was away:\n" + "".join(run.lines[-30:])
+        endpoint.restore()
+        met = max(int(e) for e in re.findall(rf"epoch (\d+)/{EPOCHS} done", "".join(run.lines)))
+        run.wait_for(f"epoch {met + 1}/{EPOCHS} done")  # training goes on once the endpoint is back
         ray_procs = [p for p in descendants(run.proc.pid) if "raylet" in cmdline(p) or "gcs_server" in cmdline(p)]
         assert ray_procs
         os.kill(run.proc.pid, signal.SIGTERM)
         code, _out, err = run.finish(timeout=300)
     finally:
         run.kill()
+        endpoint.close()
     assert code == 143, err[-3000:]
     assert "Traceback" not in err
     (line,) = simclr_lines(err)
     assert line.startswith("simclr: interrupted: stopped with a checkpoint")
-    client, mlflow_run, _logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
+    _, mlflow_run, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
     assert mlflow_run.info.status == "KILLED"
     stopped = {f.split("/")[0] for f in s3.files(f"{storage}/cc") if "_stopped_" in f.split("/")[0]}
     assert len(stopped) == 1
     epoch = read_checkpoint(f"{storage}/cc/{stopped.pop()}")["epoch"]
-    assert 1 <= epoch < EPOCHS
-    losses = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "loss")}
+    assert met < epoch < EPOCHS
+    # every epoch before the stop logged once; the last epoch's checkpoint, written once the endpoint was
+    # back, complete in the bucket
+    assert logged == list(range(1, epoch + 1))
+    assert read_checkpoint(f"{storage}/cc/checkpoint_epoch_{epoch:05d}")["epoch"] == epoch
     deadline = time.time() + 30
     while any(alive(p) for p in ray_procs) and time.time() < deadline:
         time.sleep(0.5)
     assert not any(alive(p) for p in ray_procs), "Ray processes left running"
-
-    again = Watched(cli(tmp_path, *args, storage=bucket), tmp_path, env)
-    try:
-        again.wait_for(f"epoch {epoch + 1}/{EPOCHS} done")  # its checkpoint is on the way to the bucket
-        endpoint.cut()
-        time.sleep(OUTAGE_S)
-        # still running: the outage met its checkpoints (and did not fail it)
-        assert again.proc.poll() is None, "the run ended while the endpoint was away:\n" + "".join(again.lines[-30:])
-        endpoint.restore()
-        code, _out, err = again.finish(timeout=600)
-    finally:
-        again.kill()
-        endpoint.close()
-    assert code == 0, err[-3000:]
-    assert f"after epoch {epoch}" in err
-    client, resumed, logged = loss_steps(f"sqlite:///{tmp_path}/mlflow.db")
-    assert resumed.info.run_id == mlflow_run.info.run_id and resumed.info.status == "FINISHED"
-    assert resumed.data.tags["simclr.complete"] == "true" and "error" not in resumed.data.tags
-    assert logged == list(range(1, EPOCHS + 1))
-    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "knn_top1")] == list(range(EPOCHS + 1))
-    after = {m.step: m.value for m in client.get_metric_history(resumed.info.run_id, "loss")}
-    assert all(after[e] == losses[e] for e in range(1, epoch + 1))  # kept from before the stop, not re-trained
-    last = resumed.data.tags["simclr.checkpoint"]
-    assert last == f"{storage}/cc/checkpoint_epoch_{EPOCHS:05d}"
-    assert read_checkpoint(last)["epoch"] == EPOCHS  # complete, in the bucket
-
-    # a finished name is refused before Ray starts: one line, exit 2
-    refused = subprocess.run(cli(tmp_path, *args, storage=bucket),
-                             cwd=tmp_path, env=clean_env(**s3.env()), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2
-    (line,) = simclr_lines(refused.stderr)
-    assert "already finished" in line and "Started a local Ray" not in refused.stderr
 
 
 @pytest.mark.slow
@@ -475,16 +452,7 @@ def test_sigterm_to_simclr_ui_stops_its_whole_server(tmp_path: Path) -> None:
     ui = Watched([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
                   f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port)], tmp_path, clean_env())
     try:
-        import urllib.request
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and ui.proc.poll() is None, "".join(ui.lines)[-3000:]
-                time.sleep(0.5)
+        wait_healthy(port, ui.proc, "simclr ui's server did not start:\n" + "".join(ui.lines)[-3000:])
         server = descendants(ui.proc.pid)
         assert server
         assert "/experiments/" in "".join(ui.lines)  # opens on the training runs of the experiment

@@ -6,14 +6,12 @@ from __future__ import annotations
 import io
 import math
 from contextlib import nullcontext
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -244,33 +242,25 @@ def test_digits_recipe_takes_a_step() -> None:
 # --- two workers --------------------------------------------------------------------------------------
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
+def _rank(rank: int) -> dict[str, Any]:
     """Three BYOL steps through DDP, each worker on its own images, as the Trainer runs them."""
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=60))
-    try:
-        cfg = _cfg()
-        model = _build(cfg)  # the same seed on every worker, as the Trainer
-        ddp = DistributedDataParallel(model)
-        optimizer = _optimizer(model, cfg)
-        losses = []
-        for step in (1, 2, 3):
-            loss = BYOL().loss(_net(ddp, model), _batch(4, seed=10 * step + rank), cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            BYOL().after_step(model, step, 3, cfg)
-            losses.append(loss.detach())
-        params = {name: p.detach() for name, p in model.named_parameters()}
-        torch.save({"losses": torch.stack(losses), "params": params}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+    cfg = _cfg()
+    model = _build(cfg)  # the same seed on every worker, as the Trainer
+    ddp = DistributedDataParallel(model)
+    optimizer = _optimizer(model, cfg)
+    losses = []
+    for step in (1, 2, 3):
+        loss = BYOL().loss(_net(ddp, model), _batch(4, seed=10 * step + rank), cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        BYOL().after_step(model, step, 3, cfg)
+        losses.append(loss.detach())
+    return {"losses": torch.stack(losses), "params": {name: p.detach() for name, p in model.named_parameters()}}
 
 
 def test_online_and_target_parameters_stay_identical_on_two_ddp_workers(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    first, second = run_ranks(_rank, tmp_path)
     assert not torch.equal(first["losses"], second["losses"])  # each worker saw its own images
     assert any(name.startswith("target_") for name in first["params"])
     for name, value in first["params"].items():  # online: all-reduced gradients; target: momentum of the online

@@ -11,19 +11,16 @@ import io
 import math
 import os
 from contextlib import nullcontext
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.augment.multicrop import MultiCropConfig
 from workloads.config import Config, ConfigError
 from workloads.dino.config import DINOConfig
 from workloads.dino.loss import dino_loss, updated_center
@@ -34,6 +31,7 @@ from workloads.dino.recipes import cifar10, digits
 from workloads.method import Net, normalize
 from workloads.methods import METHODS, recipe
 from workloads.optim import build_optimizer, set_weight_decay
+from workloads.sections import MultiCropConfig
 from workloads.vit import ViT
 
 WORLD, N_PER_RANK, K = 2, 4, 6
@@ -515,23 +513,14 @@ def _one_step(kind: str, rows: slice, ddp: bool) -> dict[str, Any]:
             "teacher": [p.detach().clone() for p in model.teacher_parameters()]}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=60))
-    try:
-        rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        steps = {kind: _one_step(kind, rows, ddp=True) for kind in ("conv", "vit")}
-        torch.save(steps, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _rank(rank: int) -> dict[str, Any]:
+    rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    return {kind: _one_step(kind, rows, ddp=True) for kind in ("conv", "vit")}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out_dir = tmp_path_factory.mktemp("dino_two_ranks")
-    mp.spawn(_worker, args=(WORLD, str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank, tmp_path_factory.mktemp("dino_two_ranks"), WORLD)
 
 
 @pytest.mark.parametrize("kind", ["conv", "vit"])

@@ -11,14 +11,12 @@ tell them apart.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -122,42 +120,34 @@ SCENARIOS: dict[tuple[str, str], tuple[str, Callable[[Tensor], Tensor]] | None] 
 }
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=60))
-    try:
-        results: dict[Any, Any] = {"rank": rank}
-        for (method, scenario), swap in SCENARIOS.items():
-            if swap is None:
-                results[method, scenario] = _ddp_step(rank, LOSSES[method])
-                continue
-            name, replacement = swap
-            original = getattr(workloads.dist, name)
-            setattr(workloads.dist, name, replacement)
-            try:
-                results[method, scenario] = _ddp_step(rank, LOSSES[method])
-            finally:
-                setattr(workloads.dist, name, original)
+def _rank(rank: int) -> dict[Any, Any]:
+    results: dict[Any, Any] = {"rank": rank}
+    for (method, scenario), swap in SCENARIOS.items():
+        if swap is None:
+            results[method, scenario] = _ddp_step(rank, LOSSES[method])
+            continue
+        name, replacement = swap
+        original = getattr(workloads.dist, name)
+        setattr(workloads.dist, name, replacement)
+        try:
+            results[method, scenario] = _ddp_step(rank, LOSSES[method])
+        finally:
+            setattr(workloads.dist, name, original)
 
-        # all_reduce_with_grad alone: each rank weights the sum with its own weights
-        g = torch.Generator().manual_seed(100 + rank)
-        x = torch.randn(ROWS, DIM, generator=g, requires_grad=True)
-        weights = torch.randn(ROWS, DIM, generator=g)
-        total = workloads.dist.all_reduce_with_grad(x)
-        (total * weights).sum().backward()
-        results.update(x=x.detach(), weights=weights, total=total.detach(), x_grad=x.grad)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+    # all_reduce_with_grad alone: each rank weights the sum with its own weights
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(ROWS, DIM, generator=g, requires_grad=True)
+    weights = torch.randn(ROWS, DIM, generator=g)
+    total = workloads.dist.all_reduce_with_grad(x)
+    (total * weights).sum().backward()
+    results.update(x=x.detach(), weights=weights, total=total.detach(), x_grad=x.grad)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[Any, Any]]:
     """Every two-process scenario in one spawn (children are slow to start); the results of each rank."""
-    out_dir = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_worker, args=(WORLD, str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank, tmp_path_factory.mktemp("two_ranks"), WORLD)
 
 
 def _one_process(method: str) -> dict[str, Any]:

@@ -7,14 +7,12 @@ gradients as one process on all W·N images.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -208,42 +206,33 @@ def _ddp_step(rank: int, gather: bool) -> dict[str, Any]:
     return {"loss": loss.detach(), "grads": _grads(model.module)}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
+def _rank(rank: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"world_size": dist.world_size(), "rank": dist.rank()}
+    results["gather"] = _ddp_step(rank, gather=True)
+    results["no_gather"] = _ddp_step(rank, gather=False)
+
+    original = workloads.dist.gather_with_grad
+    workloads.dist.gather_with_grad = _buggy_gather
     try:
-        results: dict[str, Any] = {"world_size": dist.world_size(), "rank": dist.rank()}
-        results["gather"] = _ddp_step(rank, gather=True)
-        results["no_gather"] = _ddp_step(rank, gather=False)
-
-        original = workloads.dist.gather_with_grad
-        workloads.dist.gather_with_grad = _buggy_gather
-        try:
-            results["buggy_gather"] = _ddp_step(rank, gather=True)
-        finally:
-            workloads.dist.gather_with_grad = original
-
-        # gather_with_grad alone: each rank weights the gathered rows with its own weights.
-        g = torch.Generator().manual_seed(100 + rank)
-        x = torch.randn(GATHER_ROWS, GATHER_DIM, generator=g, requires_grad=True)  # (N, D)
-        weights = torch.randn(world * GATHER_ROWS, GATHER_DIM, generator=g)  # (W*N, D)
-        gathered = dist.gather_with_grad(x)  # (W*N, D)
-        (gathered * weights).sum().backward()
-        results["x"], results["weights"] = x.detach(), weights
-        results["gathered"], results["x_grad"] = gathered.detach(), x.grad
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        results["buggy_gather"] = _ddp_step(rank, gather=True)
     finally:
-        tdist.destroy_process_group()
+        workloads.dist.gather_with_grad = original
+
+    # gather_with_grad alone: each rank weights the gathered rows with its own weights.
+    g = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(GATHER_ROWS, GATHER_DIM, generator=g, requires_grad=True)  # (N, D)
+    weights = torch.randn(WORLD * GATHER_ROWS, GATHER_DIM, generator=g)  # (W*N, D)
+    gathered = dist.gather_with_grad(x)  # (W*N, D)
+    (gathered * weights).sum().backward()
+    results["x"], results["weights"] = x.detach(), weights
+    results["gathered"], results["x_grad"] = gathered.detach(), x.grad
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run every two-process scenario in one spawn (children are slow to start) and load the results."""
-    out_dir = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_worker, args=(WORLD, str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank, tmp_path_factory.mktemp("two_ranks"), WORLD)
 
 
 @pytest.fixture(scope="module")

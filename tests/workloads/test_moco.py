@@ -8,19 +8,15 @@ from __future__ import annotations
 import copy
 import io
 from contextlib import nullcontext
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads import dist
-from workloads.augment.views import AugConfig
 from workloads.config import Config
 from workloads.contrastive import LossConfig
 from workloads.dist import all_gather
@@ -34,6 +30,7 @@ from workloads.moco.model import MoCoModel, batch_shuffle, batch_unshuffle
 from workloads.moco.recipes import cifar10, digits
 from workloads.momentum import momentum_at
 from workloads.optim import build_optimizer
+from workloads.sections import AugConfig
 
 ATOL = RTOL = 1e-5
 SIZE = 8  # image side of the tiny model's batches
@@ -429,30 +426,20 @@ def _ddp_init_scenario(rank: int) -> dict[str, dict[str, Tensor]]:
     return {"before": before, "after": dict(model.state_dict())}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
-    try:
-        results = {
-            "rank": dist.rank(),
-            "enqueue": _enqueue_scenario(rank),
-            "shuffle": _shuffle_scenario(rank),
-            "method": _method_scenario(rank),
-            "ddp_init": _ddp_init_scenario(rank),
-        }
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _rank(rank: int) -> dict[str, Any]:
+    return {
+        "rank": dist.rank(),
+        "enqueue": _enqueue_scenario(rank),
+        "shuffle": _shuffle_scenario(rank),
+        "method": _method_scenario(rank),
+        "ddp_init": _ddp_init_scenario(rank),
+    }
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run every two-process scenario in one spawn (children are slow to start) and load the results."""
-    out_dir = tmp_path_factory.mktemp("moco_two_ranks")
-    mp.spawn(_worker, args=(WORLD, str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    results = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    results = run_ranks(_rank, tmp_path_factory.mktemp("moco_two_ranks"), WORLD)
     assert [r["rank"] for r in results] == list(range(WORLD))
     return results
 

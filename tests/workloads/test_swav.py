@@ -9,21 +9,19 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import nullcontext
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.augment.multicrop import MultiCropConfig
 from workloads.config import Config, ConfigError
 from workloads.method import Net, normalize
 from workloads.methods import recipe
+from workloads.sections import MultiCropConfig
 from workloads.swav.config import SwAVConfig
 from workloads.swav.loss import sinkhorn_knopp, swapped_prediction
 from workloads.swav.method import SwAV, codes
@@ -286,22 +284,13 @@ def _one_step(rows: slice, ddp: bool) -> dict[str, Any]:
             "grads": [p.grad.clone() for p in model.parameters() if p.grad is not None], "queue": model.queue.clone()}
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=60))
-    try:
-        torch.save(_one_step(slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK), ddp=True),
-                   Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _rank(rank: int) -> dict[str, Any]:
+    return _one_step(slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK), ddp=True)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out_dir = tmp_path_factory.mktemp("swav_two_ranks")
-    mp.spawn(_worker, args=(WORLD, str(out_dir / "store"), str(out_dir)), nprocs=WORLD, join=True)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank, tmp_path_factory.mktemp("swav_two_ranks"), WORLD)
 
 
 def test_two_process_sinkhorn_equals_one_process_on_the_whole_batch(ranks: list[dict[str, Any]]) -> None:

@@ -1,10 +1,6 @@
-"""`simclr jobs stop` and `simclr submit tune` on the session's two-node cluster, with the checkpoints in a
-bucket and the runs on the team's MLflow server (PostgreSQL, artifacts in the bucket).
-
-A stopped job is a run to resume, not a run lost: the stop's SIGTERM takes the Ctrl-C path (a checkpoint
-at the current step, the run KILLED), and the same submit with the same --name goes on from there. A
-sweep submitted to the cluster (the suite's one real sweep: ASHA, a trial that fails, the console a person
-follows) records its parent and one child per trial on the server.
+"""`simclr submit tune` on the session's two-node cluster, with the trials' checkpoints in a bucket and the
+runs on the team's MLflow server (PostgreSQL, artifacts in the bucket): the suite's one real sweep (ASHA, a
+trial that fails, the console a person follows) records its parent and one child per trial on the server.
 """
 
 from __future__ import annotations
@@ -17,61 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_ray import TINY, LocalCluster, find_run, registered_epoch, simclr, wait_until
+from local_ray import LocalCluster, find_run, simclr
 from mlflow.tracking import MlflowClient
 from services import S3, TrackingServer
 
 from orchestrator import cli
-from orchestrator.tracking.tags import CHECKPOINT_TAG, KIND_TAG, RUN_NAME_TAG
-from orchestrator.train.checkpoint import read_checkpoint
-
-EPOCHS = 6
-
-
-@pytest.mark.slow
-def test_jobs_stop_ends_the_run_killed_with_a_checkpoint_in_the_bucket_and_the_same_submit_resumes_it(
-        ray_cluster: LocalCluster, client_env: dict[str, str], tmp_path: Path, s3: S3,
-        tracking_server: TrackingServer, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in s3.env().items():  # this process reads the checkpoint in the bucket
-        monkeypatch.setenv(key, value)
-    uri, storage = tracking_server.uri, f"{s3.bucket()}/runs"
-    auth = ["--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)]
-    # one 1-CPU worker (a derived share of the cluster's 6 CPUs would not fit on one 3-CPU node)
-    train = ["train", *TINY, "--epochs", str(EPOCHS), "--workers", "1", "--set", "train.cpus_per_worker=1",
-             "--name", "stopped", "--set", f"train.storage_path={storage}", "--tracking-uri", uri, *auth]
-    submitted = simclr(["submit", "--no-wait", *train], client_env, tmp_path, timeout=120)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().splitlines()[0]
-    try:
-        wait_until(lambda: registered_epoch(s3, f"{storage}/stopped") >= 1, 420, "a checkpoint in the bucket", poll=0.2)
-        # `simclr jobs stop`, here in this process so that the stop lands in the next epoch
-        assert cli.main(["jobs", "stop", job_id, *auth]) == 0
-        assert "stop requested" in capfd.readouterr().out
-        assert cli.main(["jobs", "logs", "--follow", job_id, *auth]) == 1
-    finally:
-        cli.main(["jobs", "stop", job_id, *auth])  # a failed test leaves no job on the session's cluster
-    logs, followed = capfd.readouterr()
-    assert f"job {job_id} STOPPED" in followed, followed
-    assert "simclr: interrupted: stopped with a checkpoint" in logs, logs[-3000:]
-    killed = find_run(uri, "stopped")
-    assert killed.info.status == "KILLED"
-    where = killed.data.tags[CHECKPOINT_TAG]  # the checkpoint the stop saved, in the bucket
-    assert where.startswith(f"{storage}/stopped/checkpoint_epoch_") and "_stopped_" in where, where
-    epoch = read_checkpoint(where)["epoch"]
-    assert 1 <= epoch < EPOCHS
-
-    again = simclr(["submit", *train], client_env, tmp_path, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "SUCCEEDED" in again.stderr and f"after epoch {epoch}" in again.stderr
-    resumed = find_run(uri, "stopped")
-    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    assert "error" not in resumed.data.tags  # the stop's message went with the stop
-    steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.info.run_id, "loss")]
-    assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # each epoch once
-    assert resumed.data.tags[CHECKPOINT_TAG] == f"{storage}/stopped/checkpoint_epoch_{EPOCHS:05d}"
-
-
-# --- a sweep ----------------------------------------------------------------------------------------------
+from orchestrator.tracking.tags import CHECKPOINT_TAG, COMPLETE_TAG, KIND_TAG, REGISTERED_TAG, RUN_NAME_TAG
 
 # 4 epochs of 256 synthetic 16 px images, one 1-CPU worker per trial, two trials at a time (a derived share
 # of the cluster's CPUs per worker would leave less than a CPU free on each 3-CPU node for Ray Data's tasks).
@@ -113,7 +60,7 @@ def sweep(ray_cluster: LocalCluster, s3: S3, tracking_server: TrackingServer,
     proc = simclr(["submit", "tune", *sets, "--name", "sw", "--epochs", "4", "--set", f"train.storage_path={storage}",
                    "--search", f"loss.temperature=grid({','.join(repr(t) for t in TEMPERATURES)})",
                    "--num-samples", "1", "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2",
-                   "--metric", "loss", "--max-concurrent", "2", "--tracking-uri", uri,
+                   "--metric", "loss", "--max-concurrent", "2", "--tracking-uri", uri, "--register", "sweep-encoder",
                    "--address", ray_cluster.dashboard_url, "--token-file", str(ray_cluster.token_file)],
                   env, tmp, timeout=600)
     client = MlflowClient(uri)
@@ -150,6 +97,14 @@ def test_submitted_asha_sweep_has_one_parent_four_children_on_the_server_one_sto
     assert tags["best.train_command"].startswith("simclr train --config ")
     assert f"--set loss.temperature={tags['best.loss.temperature']}" in tags["best.train_command"]
     assert f"train it:    {tags['best.train_command']}" in proc.stderr  # the sweep's summary, followed
+    # --register: the best trial's encoder, a version of the registered model with its alias on it (a best
+    # trial that ASHA stopped logged no encoder, and the summary says so)
+    if best.data.tags.get(COMPLETE_TAG) == "true":
+        assert tags[REGISTERED_TAG] == best.data.tags[REGISTERED_TAG] == "sweep-encoder/1"
+        assert client.get_model_version_by_alias("sweep-encoder", "candidate").run_id == best.info.run_id
+        assert "registered:  sweep-encoder/1 (the best trial's encoder)" in proc.stderr
+    else:
+        assert REGISTERED_TAG not in tags and "logged no encoder" in proc.stderr
     assert parent.data.params["search.loss.temperature"].startswith("grid(")
     assert parent.data.params["tune.scheduler"] == "asha"
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
