@@ -144,8 +144,21 @@ def end_run(client: MlflowClient, run_id: str, status: str, error: str = "") -> 
     """FINISHED / FAILED / KILLED; a failure's reason goes in the ``error`` tag (one line)."""
     if error:
         line = error.strip().splitlines()[-1] if error.strip() else error
-        client.set_tag(run_id, "error", redact(line)[:5000])
+        set_tag(client, run_id, "error", redact(line)[:5000])
     client.set_terminated(run_id, status=status)
+
+
+def set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    """One tag, written once more when the store refuses it. Two writers may end the same run at the
+    same moment (a stopped trial's process and the sweep's driver); the store writes a tag as a read
+    then an insert, so the later insert collides with the earlier one's row. The second write finds
+    that row and updates it; any other refusal fails again and is raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowException:
+        client.set_tag(run_id, key, value)
 
 
 def logged_max_step(client: MlflowClient, run_id: str, key: str) -> int:

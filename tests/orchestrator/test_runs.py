@@ -194,6 +194,39 @@ def test_a_resumed_run_loses_the_error_of_how_it_last_ended(tmp_path: Path) -> N
     assert client.get_run(run_id).info.status == "RUNNING"
 
 
+def test_two_writers_ending_the_same_runs_at_once_both_succeed(tmp_path: Path) -> None:
+    """A stopped trial's process and the sweep's driver may end one run at the same moment, each with
+    its own client: the store writes the ``error`` tag as a read then an insert, so one insert can
+    collide with the other's row. Both writers end 20 runs in lockstep; none may raise."""
+    import threading
+
+    uri = tracking.resolve_uri(str(tmp_path / "mlflow.db"))
+    client = tracking.client_for(uri)
+    exp_id = tracking.experiment_id(client, "simclr", uri)
+    run_ids = [tracking.start_run(client, exp_id, f"r{i}", {}, {}) for i in range(20)]
+    lockstep = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def writer(reason: str) -> None:
+        own = tracking.client_for(uri)
+        for run_id in run_ids:
+            lockstep.wait()
+            try:
+                tracking.end_run(own, run_id, "KILLED", reason)
+            except Exception as err:  # collected, asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(r,)) for r in ("trial stopped", "sweep interrupted")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["error"] in ("trial stopped", "sweep interrupted")
+
+
 def test_a_new_sqlite_store_is_made_without_mlflows_lines_on_the_console(tmp_path: Path,
                                                                          capfd: pytest.CaptureFixture[str]) -> None:
     import logging
