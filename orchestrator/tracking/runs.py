@@ -151,13 +151,16 @@ def end_run(client: MlflowClient, run_id: str, status: str, error: str = "") -> 
 def set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
     """One tag, written once more when the store refuses it. Two writers may end the same run at the
     same moment (a stopped trial's process and the sweep's driver); the store writes a tag as a read
-    then an insert, so the later insert collides with the earlier one's row. The second write finds
-    that row and updates it; any other refusal fails again and is raised."""
+    then an insert, so the later insert collides with the earlier one's row, which the store reports as
+    a bad request. The second write finds that row and updates it. Any other failure (a server that does
+    not answer, after MLflow's own retries) is raised at once."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.set_tag(run_id, key, value)
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code != "BAD_REQUEST":
+            raise
         client.set_tag(run_id, key, value)
 
 
