@@ -22,6 +22,11 @@ import pytest
 import ray
 from services import s3, stack, stop_stack, tracking_server  # noqa: F401  (session fixtures: the cluster's parts)
 
+# Ray Train's controller polls its workers this often (Ray's default: every 2 s): a finished or failed
+# worker group is noticed within it. Set before any Ray starts, so that every Ray of the suite (the local
+# ones, the session's cluster, the CLIs the tests run) inherits it; short trainings end sooner.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 _RESULT = pytest.StashKey[int]()
 _LAST_STACK_TEST = pytest.StashKey[str]()
 

@@ -8,6 +8,7 @@ its own buckets.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import struct
@@ -200,9 +201,11 @@ def stack() -> Iterator[Stack]:
     folder = Path(tempfile.mkdtemp(prefix="stack-", dir="/tmp"))
     try:
         # the worker-group start timeout raised for a loaded machine (after a node loss Ray Train waits for
-        # the replacement node); system metrics every second, so that a short run has some from each node
+        # the replacement node); the suite's controller poll (tests/conftest.py); system metrics every
+        # second, so that a short run has some from each node
         started = up(folder, workers=1, cpus=3, bucket="simclr-tests", object_store_mb=150,
                      node_env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "240",
+                               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
                                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     except ServiceError as err:
         pytest.fail(f"the local stack did not start: {err}", pytrace=False)

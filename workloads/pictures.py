@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -18,8 +15,21 @@ MAX_PICTURES = 8
 MASKED_GREY = 128  # how hidden pixels are drawn in the "masked" row
 
 
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the Agg backend (no display), imported where a figure is drawn: the processes
+    that import every method to make views (Ray Data's tasks) or to train never draw one, and matplotlib
+    costs each of them a third of a second to import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def reconstruction_grid(rows: Sequence[Tensor], labels: Sequence[str], path: str, title: str) -> None:
     """One row per uint8 batch (N, 3, H, W), one column per image, each row labelled on its left."""
+    plt = pyplot()
     n = len(rows[0])
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 0.6, 1.25 * len(rows) + 0.4), squeeze=False)
     for r, (images, label) in enumerate(zip(rows, labels, strict=True)):

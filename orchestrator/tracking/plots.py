@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from workloads.pictures import pyplot
 
 
 def views_grid(v0: torch.Tensor, v1: torch.Tensor | None, path: str, max_pairs: int = 16) -> None:
@@ -17,6 +15,7 @@ def views_grid(v0: torch.Tensor, v1: torch.Tensor | None, path: str, max_pairs: 
     Methods with one view (MAE) pass ``v1=None`` and get one row."""
     rows = [v0] if v1 is None else [v0, v1]
     n = min(max_pairs, len(v0))
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
     for i in range(n):
         for row, views in enumerate(rows):
@@ -35,6 +34,7 @@ def curves(history: Sequence[Mapping[str, float]], path: str, keys: Sequence[str
     present = [k for k in keys if any(k in r for r in history)]
     if not present:
         return
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes[0], present, strict=True):
         pts = sorted((r["epoch"], r[key]) for r in history if key in r)
@@ -51,6 +51,7 @@ def embedding(points: torch.Tensor, labels: torch.Tensor, path: str, title: str)
     """A 2-D scatter of held-out features coloured by label."""
     pts = points.cpu().numpy()
     lab = labels.cpu().numpy()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     scatter = ax.scatter(pts[:, 0], pts[:, 1], c=lab, cmap="tab10" if lab.max() < 10 else "viridis", s=6)
     if lab.max() < 20:
@@ -65,6 +66,7 @@ def embedding(points: torch.Tensor, labels: torch.Tensor, path: str, title: str)
 
 def metric_vs_param(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str, path: str,
                     log_x: bool = False) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.scatter(np.asarray(xs), np.asarray(ys))
     if log_x:

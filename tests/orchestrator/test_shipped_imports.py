@@ -63,8 +63,8 @@ def is_module(name: str) -> bool:
         return False
 
 
-def heavy_chains(start: str) -> list[str]:
-    """Each way ``start``'s import reaches a heavy module, as ``a -> b -> torch``, through our own modules
+def heavy_chains(start: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """Each way ``start``'s import reaches a ``heavy`` module, as ``a -> b -> torch``, through our own modules
     (a package's ``__init__`` included: importing ``a.b`` runs ``a`` first)."""
     found: list[str] = []
     seen: set[str] = set()
@@ -79,7 +79,7 @@ def heavy_chains(start: str) -> list[str]:
             if name.split(".")[0] in OURS:
                 if name not in seen and is_module(name):
                     todo.append((name, [*chain, name]))
-            elif any(name == h or name.startswith(h + ".") for h in HEAVY):
+            elif any(name == h or name.startswith(h + ".") for h in heavy):
                 found.append(" -> ".join([*chain, name]))
     return found
 
@@ -101,3 +101,10 @@ def test_the_methods_the_train_workers_and_the_cli_start_without_torchvision(mod
     # torchvision (and the torch._dynamo it imports) is imported where one of its ResNets is built or its
     # baseline augmentation is asked for, not by every process that imports the methods
     assert [c for c in heavy_chains(module) if "torchvision" in c] == []
+
+
+@pytest.mark.parametrize("module", ["workloads.methods", "orchestrator.train.worker"])
+def test_the_stream_tasks_and_the_train_workers_start_without_matplotlib(module: str) -> None:
+    # every Ray Data task process imports every method and every train worker the Trainer; matplotlib is
+    # imported where a figure is drawn (workloads/pictures.py: pyplot)
+    assert heavy_chains(module, ("matplotlib",)) == []

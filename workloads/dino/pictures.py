@@ -3,13 +3,10 @@ class token of the teacher's last block looks, one map per head, drawn at the im
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from torch import Tensor
 from torch.nn import functional as F
 
+from workloads.pictures import pyplot
 from workloads.vit import ViT
 
 
@@ -26,6 +23,7 @@ def cls_attention(vit: ViT, x: Tensor) -> Tensor:
 
 def attention_grid(images: Tensor, maps: Tensor, path: str, title: str) -> None:
     """One row per image: the uint8 image (3, S, S), then each head's map (S, S) in its own colour scale."""
+    plt = pyplot()
     n, heads = maps.shape[:2]
     fig, axes = plt.subplots(n, heads + 1, figsize=(1.2 * (heads + 1) + 0.4, 1.2 * n + 0.5), squeeze=False)
     for i in range(n):
