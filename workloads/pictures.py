@@ -17,8 +17,8 @@ MASKED_GREY = 128  # how hidden pixels are drawn in the "masked" row
 
 def pyplot() -> ModuleType:
     """matplotlib's pyplot on the Agg backend (no display), imported where a figure is drawn: the processes
-    that import every method to make views (Ray Data's tasks) or to train never draw one, and matplotlib
-    costs each of them a third of a second to import."""
+    that import every method to make views (Ray Data's tasks) or to train never draw one, and would
+    otherwise pay for importing matplotlib as they start."""
     import matplotlib
 
     matplotlib.use("Agg")
