@@ -17,6 +17,8 @@ from orchestrator.errors import UserError
 from orchestrator.interrupt import sigterm_as_interrupt
 from workloads.config import TrainConfig
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 @dataclass
 class RayOptions:
@@ -65,13 +67,17 @@ def start_local_ray(num_cpus: int = 0, object_store_mb: int = 0, dashboard: bool
     address (RAY_API_SERVER_ADDRESS).
     """
     mem = object_store_mb * 2**20 or min(int(0.3 * _total_memory()), 4 * 2**30)
+    # Train V2's preemption watcher (an actor per training, polling the nodes' drain state) reacts to a
+    # cloud reclaiming a node; this Ray is one machine that this process stops, so it stays off unless
+    # the environment turns it on
+    env_vars = {PREEMPTION_WATCHER: os.environ.get(PREEMPTION_WATCHER, "0")}
     extra: dict[str, Any] = {"include_dashboard": False}
     if dashboard:
         port = _free_port()
-        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-                 "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=mem, log_to_driver=True,
-             **extra)
+             runtime_env={"env_vars": env_vars}, **extra)
 
 
 def _free_port() -> int:

@@ -33,14 +33,16 @@ METHODS = ("moco", "mae", "swav", "byol", "vae", "barlowtwins", "vicreg", "dino"
 # Each method's own digits recipe, shortened for CI to as few epochs as show it learning.
 TRAIN_SETS: dict[str, list[str]] = {"moco": ["eval.every_epochs=100"], "mae": [], "swav": ["eval.every_epochs=100"],
                                     "byol": ["eval.every_epochs=100"], "vae": ["eval.every_epochs=100"],
-                                    "barlowtwins": ["eval.every_epochs=100"], "vicreg": ["eval.every_epochs=100"],
+                                    "barlowtwins": ["eval.every_epochs=100", "optim.lr=3.0", "optim.warmup_epochs=1"],
+                                    "vicreg": ["eval.every_epochs=100"],
                                     "dino": ["eval.every_epochs=100"]}
 # MAE: its kNN dips from epoch 3; BYOL's stays near its initial value for the first 5 epochs; the VAE's μ
 # dips below a random encoder's and passes it at epoch 9 of 25 (docs/METHODS.md): a 10-epoch run ended
 # below (0.925 against 0.933), a 15-epoch one above (0.944); Barlow Twins' kNN dips below its initial value
-# before it rises and its 12- and 16-epoch runs ended below it (docs/METHODS.md), so it trains its recipe's
-# 25 epochs; VICReg's rises from the first epoch; DINO's passes it within 5
-TRAIN_EPOCHS = {"moco": 5, "mae": 2, "swav": 4, "byol": 8, "vae": 15, "barlowtwins": 25, "vicreg": 3, "dino": 5}
+# before it rises, and at its recipe's lr (1.0·B/256, warmup 2) 10 epochs ended below it, so its short run
+# takes the top of the recipe's lr range (3.0, docs/METHODS.md) with one epoch of warmup: above its initial
+# value from epoch 3 of 8; VICReg's rises from the first epoch; DINO's passes it within 5
+TRAIN_EPOCHS = {"moco": 5, "mae": 2, "swav": 4, "byol": 8, "vae": 15, "barlowtwins": 8, "vicreg": 3, "dino": 5}
 COMMON_SETS = ["eval.linear_probe_epochs=10"]
 
 
@@ -128,3 +130,15 @@ def test_method_trains_on_digits_with_two_workers_and_beats_its_initial_knn(
         assert any(k.startswith("teacher_head.") for k in state["model"])
         assert state["model"]["center"].shape == (1, 1024) and state["model"]["center"].any()
     print(f"{name}: kNN top-1 {knn}", file=sys.stderr)
+
+
+@pytest.mark.slow
+def test_trainings_on_the_local_ray_start_no_preemption_watcher(trained: Callable[[str], dict[str, Any]]) -> None:
+    """A local Ray has no node a cloud could reclaim: its trainings run without Train's preemption watcher
+    (orchestrator/train/session.py), an actor process fewer each."""
+    from ray.util.state import list_actors
+
+    assert trained("vicreg")["code"] == 0
+    classes = {a.class_name for a in list_actors(limit=10_000)}  # the finished run's actors too
+    assert "TrainController" in classes and "RayTrainWorker" in classes
+    assert "PreemptionWatcher" not in classes
